@@ -1,0 +1,22 @@
+"""Validate the training set with Great Expectations; a failure stops the pipeline."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Output
+
+from components.base import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def validate_training_set(training_set: Input[Dataset], report: Output[HTML], results: Output[Artifact]):
+    """Run the GE suite; write the HTML report and JSON results, then fail the task if any expectation failed.
+
+    Args:
+        training_set: The training-set folder.
+        report: Output HTML report (shown in the Kubeflow UI).
+        results: Output JSON validation results.
+    """
+    from longrec.validation.run import validate_training_set_dir
+
+    # Raises TrainingSetValidationError naming the failed expectations, after writing both reports.
+    summary = validate_training_set_dir(training_set.path, report.path, results.path)
+    results.metadata.update(summary)

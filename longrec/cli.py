@@ -1,0 +1,211 @@
+"""The `longrec` command line: run the pipeline locally, compile/submit it, train and evaluate directly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="longrec: long-sequence recommendation on Kubeflow.")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Compile or submit the KFP training pipeline.")
+app.add_typer(pipeline_app, name="pipeline")
+
+DEFAULT_HOME = Path(os.environ.get("LONGREC_HOME", ".longrec"))
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one clear line to stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+
+def _params(remote: bool = False, **values) -> "PipelineParams":  # noqa: F821
+    from pydantic import ValidationError
+
+    from longrec.pipeline.params import PipelineParams, format_validation_error
+
+    values["models"] = [m.strip() for m in values["models"].split(",") if m.strip()]
+    try:
+        return PipelineParams.model_validate(values, context={"remote": remote})
+    except ValidationError as error:
+        fail(format_validation_error(error))
+
+
+# Options shared by `run` and `pipeline submit` (same names and defaults as the pipeline's parameters).
+DatasetOpt = typer.Option("ml-100k", help="ml-100k, dslabs-movielens, or a user,item,timestamp CSV/parquet path.")
+ModelsOpt = typer.Option("din", help="Comma-separated models to train, e.g. din.")
+LengthOpt = typer.Option(50, "--max-history-length", "-L", help="History length L.")
+EpochsOpt = typer.Option(3, help="Maximum epochs (early stopping on validation AUC).")
+MaxEventsOpt = typer.Option(0, help="Keep whole users up to this many events (0 = all).")
+FloorOpt = typer.Option(0.70, help="Minimum test AUC to promote.")
+LiftOpt = typer.Option(0.0, help="Required test-AUC gain over production.")
+SplitOpt = typer.Option("time", help="time (80/10/10 of the time range) or leave_one_out.")
+SamplingOpt = typer.Option("uniform", help="Negative sampling: uniform or popularity.")
+SeedOpt = typer.Option(0, help="Seed of sampling and training.")
+BatchOpt = typer.Option(1024, help="Training batch size.")
+LrOpt = typer.Option(0.001, help="Adam learning rate.")
+
+
+@app.command()
+def run(
+    dataset: str = DatasetOpt,
+    models: str = ModelsOpt,
+    max_history_length: int = LengthOpt,
+    epochs: int = EpochsOpt,
+    max_events: int = MaxEventsOpt,
+    auc_floor: float = FloorOpt,
+    min_auc_lift: float = LiftOpt,
+    split: str = SplitOpt,
+    negative_sampling: str = SamplingOpt,
+    seed: int = SeedOpt,
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    runs_dir: Path = typer.Option(DEFAULT_HOME / "runs", help="Where run folders go."),
+    registry_dir: Path = typer.Option(DEFAULT_HOME / "registry", help="Model registry root."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the whole training pipeline locally (kfp.local) and print the comparison and the decision."""
+    _setup_logging(verbose)
+    params = _params(
+        dataset=dataset, models=models, max_history_length=max_history_length, epochs=epochs,
+        max_events=max_events, auc_floor=auc_floor, min_auc_lift=min_auc_lift, split=split,
+        negative_sampling=negative_sampling, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+        registry_dir=str(registry_dir.resolve()),
+    )
+    from longrec.data.datasets import DatasetError, load_dataset
+
+    if params.dataset not in ("ml-100k", "dslabs-movielens", "ml-latest-small"):
+        try:  # read a user file once up front so a broken one fails here, not three tasks in
+            load_dataset(params.dataset, max_events=params.max_events or None)
+        except DatasetError as error:
+            fail(str(error))
+    from longrec.pipeline.local import run_local
+
+    summary = run_local(params, runs_dir)
+    typer.echo("")
+    if summary.comparison_md:
+        typer.echo(summary.comparison_md)
+    if summary.decision_md:
+        typer.echo(summary.decision_md)
+    if summary.production_tag:
+        typer.echo(f"production model: {summary.production_tag}")
+    typer.echo(f"run folder: {summary.run_dir}  (open {summary.run_dir / 'index.html'})")
+    typer.echo(f"wall time: {summary.wall_seconds:.0f} s")
+    if summary.status != "succeeded":
+        fail(f"pipeline failed: {summary.failure}", code=1)
+
+
+@pipeline_app.command("compile")
+def compile_(output: Path = typer.Option(Path("longrec-training.yaml"), "--output", "-o", help="IR YAML path.")) -> None:
+    """Compile the training pipeline to KFP IR YAML (upload it in the Kubeflow UI)."""
+    from longrec.pipeline.local import compile_pipeline
+
+    path = compile_pipeline(output)
+    typer.echo(f"compiled {path}")
+
+
+@pipeline_app.command("submit")
+def submit(
+    host: str = typer.Option(..., help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline."),
+    experiment: str = typer.Option("longrec", help="KFP experiment name."),
+    run_name: str = typer.Option(None, help="Run name (default: KFP's)."),
+    namespace: str = typer.Option(None, help="Kubeflow namespace (multi-user deployments)."),
+    dataset: str = DatasetOpt,
+    models: str = ModelsOpt,
+    max_history_length: int = LengthOpt,
+    epochs: int = EpochsOpt,
+    max_events: int = MaxEventsOpt,
+    auc_floor: float = FloorOpt,
+    min_auc_lift: float = LiftOpt,
+    split: str = SplitOpt,
+    negative_sampling: str = SamplingOpt,
+    seed: int = SeedOpt,
+    registry_dir: str = typer.Option("", help="Registry root inside the cluster (a shared volume)."),
+) -> None:
+    """Submit a pipeline run to a Kubeflow Pipelines cluster."""
+    _setup_logging(False)
+    # A dataset path is read inside the cluster, so it is not checked for existence here.
+    params = _params(
+        remote=True, dataset=dataset, models=models, max_history_length=max_history_length,
+        epochs=epochs, max_events=max_events, auc_floor=auc_floor, min_auc_lift=min_auc_lift, split=split,
+        negative_sampling=negative_sampling, seed=seed, registry_dir=registry_dir,
+    )
+    from longrec.pipeline.submit import submit_pipeline
+
+    try:
+        run_id = submit_pipeline(host, params, experiment=experiment, run_name=run_name, namespace=namespace)
+    except Exception as error:  # connection and API errors: one line, not a traceback
+        fail(f"could not submit to {host}: {error}", code=1)
+    typer.echo(f"submitted run {run_id} to {host}")
+
+
+@app.command()
+def train(
+    dataset: str = DatasetOpt,
+    model: str = typer.Option("din", help="Model to train."),
+    max_history_length: int = LengthOpt,
+    epochs: int = EpochsOpt,
+    max_events: int = MaxEventsOpt,
+    split: str = SplitOpt,
+    negative_sampling: str = SamplingOpt,
+    seed: int = SeedOpt,
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    output: Path = typer.Option(DEFAULT_HOME / "models", help="Output folder (model + training set)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train one model directly (no pipeline, histories from events) and print its test metrics."""
+    _setup_logging(verbose)
+    params = _params(
+        dataset=dataset, models=model, max_history_length=max_history_length, epochs=epochs,
+        max_events=max_events, split=split, negative_sampling=negative_sampling, seed=seed,
+        batch_size=batch_size, learning_rate=learning_rate,
+    )
+    from longrec.data.datasets import DatasetError
+    from longrec.train.run import train_direct
+
+    try:
+        result = train_direct(params, output)
+    except DatasetError as error:
+        fail(str(error))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def evaluate(
+    model_dirs: list[Path] = typer.Argument(..., help="Trained model folders (each with model.pt)."),
+    training_set: Path = typer.Option(..., help="Training-set folder whose test split is scored."),
+    output: Path = typer.Option(None, help="Folder for comparison.md / .html / metrics.json."),
+) -> None:
+    """Score models on the test split of a training set and print the comparison table."""
+    _setup_logging(False)
+    for path in [*model_dirs, training_set]:
+        if not path.exists():
+            fail(f"{path} does not exist")
+    from longrec.eval.compare import compare_models
+
+    output = output or Path(training_set).parent / "evaluation"
+    output.mkdir(parents=True, exist_ok=True)
+    result = compare_models(
+        training_set, model_dirs, None, comparison_md=output / "comparison.md",
+        report_html=output / "comparison.html", metrics_json=output / "metrics.json",
+    )
+    typer.echo(result.markdown)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

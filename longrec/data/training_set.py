@@ -1,0 +1,91 @@
+"""Training sets on disk (parquet with fixed-size list columns) and their conversion to model batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from longrec.data.schema import SCALAR_SAMPLE_COLUMNS, SEQUENCE_SAMPLE_COLUMNS, SIDE_FEATURES, FeatureSpec
+
+TRAINING_SET_FILE = "samples.parquet"
+SPEC_FILE = "feature_spec.json"
+META_FILE = "training_set.json"
+
+
+def stack_sequences(column: pd.Series, dtype=np.int64) -> np.ndarray:
+    """Object column of equal-length 1-d arrays -> 2-d array."""
+    if len(column) == 0:
+        return np.zeros((0, 0), dtype=dtype)
+    return np.stack(column.to_numpy()).astype(dtype, copy=False)
+
+
+def write_training_set(frame: pd.DataFrame, spec: FeatureSpec, directory: str | Path, meta: dict) -> Path:
+    """Write samples.parquet (list columns as fixed-size lists), the feature spec and the build metadata."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    length = spec.max_history_length
+    arrays, names = [], []
+    for column in SCALAR_SAMPLE_COLUMNS:
+        arrays.append(pa.array(frame[column].to_numpy()))
+        names.append(column)
+    for column, dtype in SEQUENCE_SAMPLE_COLUMNS.items():
+        values = stack_sequences(frame[column], np.dtype(dtype)).reshape(-1)
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), length))
+        names.append(column)
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), directory / TRAINING_SET_FILE)
+    spec.to_json(directory / SPEC_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return directory
+
+
+def read_training_set(directory: str | Path) -> tuple[pd.DataFrame, FeatureSpec, dict]:
+    """Inverse of write_training_set: (frame with list columns as arrays, spec, metadata)."""
+    directory = Path(directory)
+    path = directory / TRAINING_SET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no training set at {directory} (expected {TRAINING_SET_FILE})")
+    spec = FeatureSpec.from_json(directory / SPEC_FILE)
+    table = pq.read_table(path)
+    frame = pd.DataFrame({c: table.column(c).to_numpy() for c in SCALAR_SAMPLE_COLUMNS if c in table.column_names})
+    for column in SEQUENCE_SAMPLE_COLUMNS:
+        if column in table.column_names:
+            flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            frame[column] = list(flat.reshape(len(frame), -1))
+    meta = json.loads((directory / META_FILE).read_text()) if (directory / META_FILE).is_file() else {}
+    return frame, spec, meta
+
+
+def batch_arrays(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """Numpy arrays of the batch contract (schema.BATCH_KEYS) for every row of the frame."""
+    from longrec.data.tensors import time_buckets
+
+    items = stack_sequences(frame["history_items"])
+    stamps = stack_sequences(frame["history_timestamps"])
+    mask = stack_sequences(frame["history_mask"], np.bool_)
+    targets = frame["target_timestamp"].to_numpy(np.int64)
+    arrays = {
+        "user_id": frame["user_id"].to_numpy(np.int64),
+        "target_item": frame["target_item"].to_numpy(np.int64),
+        "label": frame["label"].to_numpy(np.float32),
+        "history_items": items,
+        "history_time_buckets": time_buckets(stamps, targets, mask, spec.n_time_buckets),
+        "history_mask": mask,
+    }
+    for column in SIDE_FEATURES:
+        arrays[column] = frame[column].to_numpy(np.int64)
+    return arrays
+
+
+def tensors_by_split(frame: pd.DataFrame, spec: FeatureSpec) -> dict:
+    """{split: TensorSampleSet} ready for training and evaluation."""
+    from longrec.data.tensors import TensorSampleSet
+
+    return {
+        split: TensorSampleSet.from_arrays(batch_arrays(part, spec))
+        for split, part in frame.groupby("split", sort=False)
+    }

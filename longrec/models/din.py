@@ -1,0 +1,149 @@
+"""DIN: Deep Interest Network (Zhou et al., KDD 2018), the baseline of docs/MODELS.md section 1.
+
+An activation unit scores every history item against the target, the user interest is the weighted sum
+of history embeddings, and an MLP head maps [interest, target, interest ⊙ target, side] to a logit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrec.data.schema import FeatureSpec
+from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, make_activation
+
+__all__ = ["DIN", "DINConfig", "ActivationUnit"]
+
+
+@dataclass
+class DINConfig:
+    """DIN hyper-parameters; the defaults train well on MovieLens-sized data."""
+
+    embedding_dim: int = 32  # d: item (and time-bucket) embedding width
+    attention_hidden: tuple[int, ...] = (80, 40)  # activation unit MLP, paper sizes
+    head_hidden: tuple[int, ...] = (200, 80)  # prediction MLP, paper sizes
+    activation: str = "dice"  # "dice" | "prelu" | "sigmoid", used in the activation unit and the head
+    softmax_attention: bool = (
+        False  # False: raw weights (paper); True: masked softmax of w/√d (official code)
+    )
+    use_side_features: bool = True  # genre / age / gender / occupation embeddings into the head
+    side_embedding_dim: int = 8  # width of each side-feature embedding (small vocabularies)
+    use_time_buckets: bool = False  # add a Δt-bucket embedding to each history item embedding
+    dropout: float = 0.0  # dropout after each head hidden layer
+    l2_embedding: float = 0.0  # mini-batch-aware L2 on item-embedding rows seen in the batch (0 = off)
+    embedding_init_std: float = 0.05  # N(0, std) init; small so unnormalised sums over L items stay tame
+
+    def __post_init__(self) -> None:
+        self.attention_hidden = tuple(self.attention_hidden)
+        self.head_hidden = tuple(self.head_hidden)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.embedding_dim <= 0 or self.side_embedding_dim <= 0:
+            raise ValueError("embedding widths must be positive")
+        if not self.attention_hidden:
+            raise ValueError("attention_hidden needs at least one layer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.l2_embedding < 0:
+            raise ValueError(f"l2_embedding must be >= 0, got {self.l2_embedding}")
+
+
+class ActivationUnit(nn.Module):
+    """MLP([e_j, v, e_j − v, e_j ⊙ v]) → one weight per history position: [B, L, d] × [B, d] → [B, L].
+
+    The first layer is one ``nn.Linear(4d, H)`` but is applied in decomposed form,
+    W·[e; v; e−v; e⊙v] = (W_e + W_diff)·e + W_prod·(e⊙v) + (W_v − W_diff)·v, so the target term is
+    computed once per sample instead of once per position and [B, L, 4d] is never built. Same function,
+    same parameters, about half the FLOPs of the first layer.
+    """
+
+    def __init__(self, dim: int, hidden: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_layer = nn.Linear(4 * dim, hidden[0])
+        self.input_activation = make_activation(activation, hidden[0])
+        self.rest = MLP(hidden[0], hidden[1:], activation, output_dim=1)
+
+    def forward(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        w_e, w_v, w_diff, w_prod = self.input_layer.weight.split(self.dim, dim=1)
+        history_weight = torch.cat([w_e + w_diff, w_prod], dim=1)  # [H, 2d]
+        target_term = F.linear(target, w_v - w_diff, self.input_layer.bias)  # [B, H]
+        features = torch.cat([history, history * target.unsqueeze(1)], dim=-1)  # [B, L, 2d]
+        hidden = F.linear(features, history_weight) + target_term.unsqueeze(1)
+        hidden = self.input_activation(hidden, mask)
+        return self.rest(hidden, mask).squeeze(-1)
+
+
+class DIN(CTRModel):
+    """Deep Interest Network with a target-aware activation unit over the padded, masked history."""
+
+    name: ClassVar[str] = "din"
+    config_class: ClassVar[type] = DINConfig
+
+    def __init__(self, spec: FeatureSpec, config: DINConfig | None = None) -> None:
+        config = config if config is not None else DINConfig()
+        super().__init__(spec, config)
+        d = config.embedding_dim
+        # One table for history and target items; row 0 is padding and stays zero.
+        self.item_embedding = nn.Embedding(spec.n_items, d, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=config.embedding_init_std)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        self.time_embedding: nn.Embedding | None = None
+        if config.use_time_buckets:
+            self.time_embedding = nn.Embedding(spec.n_time_buckets, d, padding_idx=0)
+            nn.init.normal_(self.time_embedding.weight, std=config.embedding_init_std)
+            with torch.no_grad():
+                self.time_embedding.weight[0].zero_()
+        self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
+        self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
+        self.head = MLP(
+            3 * d + self.side.output_dim,
+            config.head_hidden,
+            config.activation,
+            output_dim=1,
+            dropout=config.dropout,
+        )
+
+    def attention_weights(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Per-position weights [B, L], exactly 0 on padded positions."""
+        scores = self.attention(history, target, mask)
+        if self.config.softmax_attention:
+            scores = scores / math.sqrt(self.config.embedding_dim)
+            # Masked softmax; multiplying by the mask afterwards keeps an all-padded row at zero, not NaN.
+            weights = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), dim=-1)
+            return weights * mask
+        return scores.masked_fill(~mask, 0.0)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        mask = batch["history_mask"]
+        history = self.item_embedding(batch["history_items"])  # [B, L, d]
+        if self.time_embedding is not None:
+            history = history + self.time_embedding(batch["history_time_buckets"])
+        target = self.item_embedding(batch["target_item"])  # [B, d]
+        weights = self.attention_weights(history, target, mask)
+        interest = torch.bmm(weights.unsqueeze(1), history).squeeze(1)  # Σ_j w_j e_j: [B, d]
+        head_input = torch.cat([interest, target, interest * target, self.side(batch)], dim=-1)
+        return self.head(head_input).squeeze(-1)
+
+    def loss(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
+        """BCE plus, when ``l2_embedding > 0``, the mini-batch-aware L2 penalty."""
+        loss = super().loss(batch, logits)
+        if self.config.l2_embedding > 0:
+            loss = loss + self.config.l2_embedding * self.embedding_l2(batch)
+        return loss
+
+    def embedding_l2(self, batch: dict[str, Tensor]) -> Tensor:
+        """Σ ||w_j||² over the distinct item rows used by this batch (targets and valid history).
+
+        The DIN paper's mini-batch-aware regulariser touches only rows present in the batch, so sparse
+        rows are not shrunk on every step; the paper's 1/n_j frequency weighting is left out because the
+        model does not know global item frequencies.
+        """
+        seen = torch.cat([batch["target_item"], batch["history_items"][batch["history_mask"]]]).unique()
+        return self.item_embedding(seen).square().sum()

@@ -1,0 +1,205 @@
+"""Run the training pipeline locally with kfp.local and turn its outputs into a browsable run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from longrec.pipeline.params import PipelineParams
+from longrec.registry.store import dataset_slug
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineFailed(RuntimeError):
+    """A pipeline task failed; the message says which and why (e.g. the failed expectations)."""
+
+
+@dataclass
+class RunSummary:
+    """What a local run produced, with paths inside its run folder."""
+
+    run_dir: Path
+    status: str  # "succeeded" or "failed"
+    decision: str | None = None  # "promote" / "reject"
+    comparison_md: str = ""
+    decision_md: str = ""
+    production_tag: str | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    failure: str | None = None
+    wall_seconds: float = 0.0
+
+
+def compile_pipeline(output: str | Path) -> Path:
+    """Compile the training pipeline to KFP IR YAML."""
+    from kfp import compiler
+
+    from pipelines.training_pipeline import training_pipeline
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(training_pipeline, str(output))
+    return output
+
+
+def new_run_dir(runs_dir: str | Path, dataset: str) -> Path:
+    """A fresh, time-stamped run folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / f"{stamp}-{dataset_slug(Path(dataset).stem if os.sep in dataset else dataset)}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_local(params: PipelineParams, runs_dir: str | Path, registry_dir: str | Path | None = None) -> RunSummary:
+    """Compile, run every task through kfp.local's SubprocessRunner, and collect the outputs."""
+    from kfp import local
+
+    from longrec.registry.store import default_registry_root
+    from pipelines.training_pipeline import training_pipeline
+
+    started = time.time()
+    registry = Path(registry_dir or params.registry_dir or default_registry_root()).resolve()
+    params = params.model_copy(update={"registry_dir": str(registry)})
+    run_dir = new_run_dir(runs_dir, params.dataset)
+    compile_pipeline(run_dir / "pipeline.yaml")
+    (run_dir / "parameters.json").write_text(json.dumps(params.arguments(), indent=2))
+    pipeline_root = run_dir / "kfp"
+    # Tasks run as subprocesses of this interpreter; spinning OpenMP threads would fight over 2 cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    summary = RunSummary(run_dir=run_dir, status="succeeded")
+    try:
+        training_pipeline(**params.arguments())
+    except Exception as error:  # kfp.local raises RuntimeError naming the failed task
+        summary.status = "failed"
+        summary.failure = describe_failure(pipeline_root, error)
+    collect_outputs(summary, pipeline_root, registry, params)
+    summary.wall_seconds = time.time() - started
+    write_index(summary, params)
+    return summary
+
+
+TASK_NAMES = (
+    "ingest-dataset", "materialize-features", "build-training-set", "validate-training-set",
+    "train-model", "evaluate-models", "gate-promotion", "register-model",
+)
+
+
+def _task_dirs(pipeline_root: Path) -> dict[str, list[Path]]:
+    """Task folders under pipeline_root by task name; loop iterations and conditions nest them deeper."""
+    tasks: dict[str, list[Path]] = {}
+    for path in sorted(pipeline_root.rglob("*")):
+        if path.is_dir() and path.name in TASK_NAMES:
+            tasks.setdefault(path.name, []).append(path)
+    return tasks
+
+
+def describe_failure(pipeline_root: Path, error: Exception) -> str:
+    """A readable reason: failed expectations if validation failed, else kfp's message."""
+    if pipeline_root.is_dir():
+        for task in _task_dirs(pipeline_root).get("validate-training-set", []):
+            results = task / "results"
+            if results.is_file():
+                data = json.loads(results.read_text())
+                if not data.get("success", True):
+                    failed = "; ".join(data.get("failed_expectations", []))
+                    return f"training-set validation failed: {failed}"
+    return str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
+
+
+def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, params: PipelineParams) -> None:
+    """Copy the artifacts a person looks at to the top of the run folder."""
+    if not pipeline_root.is_dir():
+        return
+    tasks = _task_dirs(pipeline_root)
+    wanted = {
+        ("validate-training-set", "report"): "validation_report.html",
+        ("validate-training-set", "results"): "validation_results.json",
+        ("evaluate-models", "comparison"): "comparison.md",
+        ("evaluate-models", "report"): "comparison.html",
+        ("evaluate-models", "metrics_json"): "metrics.json",
+        ("gate-promotion", "decision"): "decision.md",
+    }
+    for (task_name, output), target in wanted.items():
+        for task in tasks.get(task_name, []):
+            source = task / output
+            if source.is_file():
+                shutil.copy2(source, summary.run_dir / target)
+                summary.artifacts[target] = target
+    if "comparison.md" in summary.artifacts:
+        summary.comparison_md = (summary.run_dir / "comparison.md").read_text()
+    if "decision.md" in summary.artifacts:
+        summary.decision_md = (summary.run_dir / "decision.md").read_text()
+        summary.decision = "promote" if "PROMOTE" in summary.decision_md else "reject"
+    if tasks.get("register-model") and summary.status == "succeeded":
+        from longrec.registry.store import ModelRegistry
+
+        dataset = json.loads(next(iter(tasks["ingest-dataset"])).joinpath("events", "dataset.json").read_text())
+        pointer = ModelRegistry(registry).production(dataset["name"])
+        if pointer:
+            summary.production_tag = pointer["tag"]
+            (summary.run_dir / "registered_model.json").write_text(json.dumps(pointer, indent=2))
+            summary.artifacts["registered_model.json"] = "registered_model.json"
+    (summary.run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "status": summary.status,
+                "decision": summary.decision,
+                "production_tag": summary.production_tag,
+                "failure": summary.failure,
+                "registry": str(registry),
+                "artifacts": summary.artifacts,
+            },
+            indent=2,
+        )
+    )
+    summary.artifacts["summary.json"] = "summary.json"
+
+
+def write_index(summary: RunSummary, params: PipelineParams) -> Path:
+    """index.html linking everything a run produced."""
+    import html
+
+    labels = {
+        "comparison.html": "Model comparison (test AUC, GAUC, LogLoss, RelaImpr vs DIN)",
+        "metrics.json": "Metrics of every model (JSON)",
+        "decision.md": "Promotion decision",
+        "validation_report.html": "Great Expectations validation report",
+        "validation_results.json": "Validation results (JSON)",
+        "registered_model.json": "Registered production model",
+        "summary.json": "Run summary (JSON)",
+    }
+    rows = [f'<li><a href="pipeline.yaml">Compiled pipeline (KFP IR YAML)</a></li>',
+            f'<li><a href="parameters.json">Pipeline parameters</a></li>']
+    rows += [f'<li><a href="{html.escape(name)}">{html.escape(labels.get(name, name))}</a></li>'
+             for name in labels if name in summary.artifacts]
+    rows.append('<li><a href="kfp/">Raw kfp.local task outputs</a></li>')
+    status = "FAILED: " + html.escape(summary.failure or "") if summary.status == "failed" else "succeeded"
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>longrec run {html.escape(summary.run_dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} pre{{background:#f4f4f4;padding:1em}}</style>
+</head><body>
+<h1>longrec training run <code>{html.escape(summary.run_dir.name)}</code></h1>
+<p>Status: <b>{status}</b>. Dataset <code>{html.escape(params.dataset)}</code>, models
+<code>{html.escape(", ".join(params.models))}</code>, L={params.max_history_length}, wall time
+{summary.wall_seconds:.0f} s.</p>
+<p>Decision: <b>{html.escape(summary.decision or "none")}</b>
+{f"&mdash; production model <code>{html.escape(summary.production_tag)}</code>" if summary.production_tag else ""}</p>
+<ul>{"".join(rows)}</ul>
+<h2>Comparison</h2><pre>{html.escape(summary.comparison_md or "(no comparison: the run stopped early)")}</pre>
+<h2>Decision</h2><pre>{html.escape(summary.decision_md or "(no decision)")}</pre>
+</body></html>
+"""
+    path = summary.run_dir / "index.html"
+    path.write_text(page)
+    return path

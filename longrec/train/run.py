@@ -1,0 +1,89 @@
+"""Training entry points used by the pipeline's train task and the `longrec train` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from longrec.data.training_set import read_training_set, tensors_by_split
+from longrec.models.registry import build_model
+from longrec.registry.store import CHECKPOINT_FILE, MODEL_META_FILE
+from longrec.train.trainer import TrainConfig, save_checkpoint, train_model
+
+__all__ = ["TrainConfig", "train_from_training_set", "train_direct"]
+
+logger = logging.getLogger(__name__)
+
+
+def train_from_training_set(
+    training_set_dir: str | Path,
+    model_name: str,
+    config: TrainConfig,
+    output_dir: str | Path,
+    model_overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Train `model_name` on a training-set folder; write model.pt and model_meta.json to output_dir."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    frame, spec, meta = read_training_set(training_set_dir)
+    splits = tensors_by_split(frame, spec)
+    if "train" not in splits:
+        raise ValueError(f"training set {training_set_dir} has no train split")
+    model = build_model(model_name, spec, model_overrides)
+    result = train_model(model, splits["train"], splits.get("valid"), config)
+    save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name=model_name, spec=spec)
+    summary = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    model_meta = {
+        "model_name": model_name,
+        "model_config": dataclasses.asdict(model.config),
+        "feature_spec": dataclasses.asdict(spec),
+        "train_config": dataclasses.asdict(config),
+        "training_set": meta,
+        "valid_metrics": result.best_valid_metrics,
+        "history": result.history,
+        "summary": summary,
+    }
+    (output_dir / MODEL_META_FILE).write_text(json.dumps(model_meta, indent=2, default=str))
+    logger.info("trained %s: best epoch %d, valid %s", model_name, result.best_epoch, result.best_valid_metrics)
+    return {"summary": summary, "valid_metrics": result.best_valid_metrics}
+
+
+def train_direct(params, output: str | Path) -> dict:
+    """Ingest, build (from events), validate, train and evaluate one model without KFP or Feast."""
+    from longrec.data.datasets import load_dataset
+    from longrec.data.samples import SampleConfig, build_training_set
+    from longrec.data.training_set import write_training_set
+    from longrec.eval.compare import compare_models
+    from longrec.validation.run import validate_training_set_dir
+
+    output = Path(output)
+    dataset = load_dataset(params.dataset, max_events=params.max_events or None)
+    config = SampleConfig(
+        max_history_length=params.max_history_length,
+        split=params.split,
+        train_negatives=params.train_negatives,
+        eval_negatives=params.eval_negatives,
+        negative_sampling=params.negative_sampling,
+        seed=params.seed,
+    )
+    frame = build_training_set(dataset, config)
+    training_dir = output / "training_set"
+    meta = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(), "sample_config": config.to_dict()}
+    write_training_set(frame, dataset.feature_spec(config.max_history_length), training_dir, meta)
+    validate_training_set_dir(training_dir, output / "validation_report.html", output / "validation_results.json")
+    model_name = params.models[0]
+    train_config = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.learning_rate,
+                               seed=params.seed, device="auto")
+    model_dir = output / model_name
+    train_from_training_set(training_dir, model_name, train_config, model_dir)
+    result = compare_models(training_dir, [model_dir], None, comparison_md=output / "comparison.md",
+                            metrics_json=output / "metrics.json")
+    return {"model_dir": str(model_dir), "training_set": str(training_dir), "test_metrics": result.candidate_metrics}

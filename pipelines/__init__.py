@@ -1,0 +1,1 @@
+"""KFP pipelines built from the components in `components/`."""

@@ -1,0 +1,107 @@
+"""The training pipeline: ingest → features → training set → validate → train each model → evaluate
+against DIN → gate on AUC → register. Compiles to IR YAML for the Kubeflow UI and runs with kfp.local."""
+
+from kfp import dsl
+
+from components.build_training_set import build_training_set
+from components.evaluate_models import evaluate_models
+from components.gate_promotion import gate_promotion
+from components.ingest import ingest_dataset
+from components.materialize_features import materialize_features
+from components.register_model import register_model
+from components.train_model import train_model
+from components.validate_training_set import validate_training_set
+
+PIPELINE_NAME = "longrec-training"
+# Cluster runs put every train task on one GPU of this type; kfp.local ignores both settings.
+TRAIN_ACCELERATOR_TYPE = "nvidia.com/gpu"
+TRAIN_ACCELERATOR_LIMIT = 1
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Train long-sequence CTR models on Feast features, validate with Great Expectations, "
+    "compare against DIN and promote on AUC.",
+)
+def training_pipeline(
+    dataset: str = "ml-100k",
+    models: list[str] = ["din"],  # noqa: B006 - KFP reads the default from the signature
+    max_history_length: int = 50,
+    epochs: int = 3,
+    batch_size: int = 1024,
+    learning_rate: float = 0.001,
+    seed: int = 0,
+    split: str = "time",
+    train_negatives: int = 1,
+    eval_negatives: int = 4,
+    negative_sampling: str = "uniform",
+    max_events: int = 0,
+    auc_floor: float = 0.70,
+    min_auc_lift: float = 0.0,
+    registry_dir: str = "",
+):
+    """The longrec training pipeline (parameters are shown in the Kubeflow UI run form).
+
+    Args:
+        dataset: Built-in dataset (ml-100k, dslabs-movielens) or a path to a user,item,timestamp file.
+        models: Models to train, each in its own GPU task (din, ...).
+        max_history_length: History length L.
+        epochs: Maximum training epochs (early stopping on validation AUC).
+        batch_size: Training batch size.
+        learning_rate: Adam learning rate.
+        seed: Seed of sampling, initialisation and shuffling.
+        split: "time" (80/10/10 of the time range) or "leave_one_out".
+        train_negatives: Negatives per positive in train.
+        eval_negatives: Negatives per positive in valid/test.
+        negative_sampling: "uniform" or "popularity".
+        max_events: Keep whole users up to this many events (0 = all); for smoke runs.
+        auc_floor: Minimum test AUC to promote.
+        min_auc_lift: Required test-AUC gain over the production model.
+        registry_dir: Model registry root (a shared volume on a cluster); empty = default.
+    """
+    ingest_task = ingest_dataset(dataset=dataset, max_events=max_events)
+    features_task = materialize_features(
+        events=ingest_task.outputs["events"], max_history_length=max_history_length
+    )
+    samples_task = build_training_set(
+        events=ingest_task.outputs["events"],
+        feature_repo=features_task.outputs["feature_repo"],
+        max_history_length=max_history_length,
+        split=split,
+        train_negatives=train_negatives,
+        eval_negatives=eval_negatives,
+        negative_sampling=negative_sampling,
+        seed=seed,
+    )
+    validate_task = validate_training_set(training_set=samples_task.outputs["training_set"])
+
+    with dsl.ParallelFor(models) as model_name:
+        train_task = train_model(
+            training_set=samples_task.outputs["training_set"],
+            model_name=model_name,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            seed=seed,
+        ).after(validate_task)
+        train_task.set_accelerator_type(TRAIN_ACCELERATOR_TYPE).set_accelerator_limit(TRAIN_ACCELERATOR_LIMIT)
+        train_task.set_cpu_request("2").set_memory_request("8G")
+
+    evaluate_task = evaluate_models(
+        training_set=samples_task.outputs["training_set"],
+        models=dsl.Collected(train_task.outputs["model"]),
+        registry_dir=registry_dir,
+    )
+    gate_task = gate_promotion(
+        candidate_name=evaluate_task.outputs["candidate_name"],
+        candidate_auc=evaluate_task.outputs["candidate_auc"],
+        production_auc=evaluate_task.outputs["production_auc"],
+        auc_floor=auc_floor,
+        min_auc_lift=min_auc_lift,
+    )
+    with dsl.If(gate_task.outputs["Output"] == "promote", name="auc-gate-passed"):
+        register_model(
+            candidate=evaluate_task.outputs["candidate"],
+            events=ingest_task.outputs["events"],
+            registry_dir=registry_dir,
+        )
