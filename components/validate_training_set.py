@@ -7,16 +7,26 @@ from components.base import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def validate_training_set(training_set: Input[Dataset], report: Output[HTML], results: Output[Artifact]):
+def validate_training_set(
+    training_set: Input[Dataset],
+    min_positive_rate: float,
+    max_positive_rate: float,
+    report: Output[HTML],
+    results: Output[Artifact],
+):
     """Run the GE suite; write the HTML report and JSON results, then fail the task if any expectation failed.
 
     Args:
         training_set: The training-set folder.
+        min_positive_rate: Lowest share of positives a split may have.
+        max_positive_rate: Highest share of positives a split may have.
         report: Output HTML report (shown in the Kubeflow UI).
         results: Output JSON validation results.
     """
     from longrec.validation.run import validate_training_set_dir
+    from longrec.validation.suite import ValidationConfig
 
+    config = ValidationConfig(min_positive_rate=min_positive_rate, max_positive_rate=max_positive_rate)
     # Raises TrainingSetValidationError naming the failed expectations, after writing both reports.
-    summary = validate_training_set_dir(training_set.path, report.path, results.path)
+    summary = validate_training_set_dir(training_set.path, report.path, results.path, config)
     results.metadata.update(summary)

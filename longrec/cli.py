@@ -10,7 +10,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="longrec: long-sequence recommendation on Kubeflow.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="longrec: long-sequence recommendation on Kubeflow."
+)
 pipeline_app = typer.Typer(no_args_is_help=True, help="Compile or submit the KFP training pipeline.")
 app.add_typer(pipeline_app, name="pipeline")
 
@@ -24,12 +26,14 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 
-def _params(remote: bool = False, **values) -> "PipelineParams":  # noqa: F821
+def _params(remote: bool = False, **values) -> PipelineParams:  # noqa: F821
     from pydantic import ValidationError
 
     from longrec.pipeline.params import PipelineParams, format_validation_error
@@ -42,7 +46,9 @@ def _params(remote: bool = False, **values) -> "PipelineParams":  # noqa: F821
 
 
 # Options shared by `run` and `pipeline submit` (same names and defaults as the pipeline's parameters).
-DatasetOpt = typer.Option("ml-100k", help="ml-100k, dslabs-movielens, or a user,item,timestamp CSV/parquet path.")
+DatasetOpt = typer.Option(
+    "ml-100k", help="ml-100k, dslabs-movielens, or a user,item,timestamp CSV/parquet path."
+)
 ModelsOpt = typer.Option("din", help="Comma-separated models to train, e.g. din.")
 LengthOpt = typer.Option(50, "--max-history-length", "-L", help="History length L.")
 EpochsOpt = typer.Option(3, help="Maximum epochs (early stopping on validation AUC).")
@@ -77,9 +83,18 @@ def run(
     """Run the whole training pipeline locally (kfp.local) and print the comparison and the decision."""
     _setup_logging(verbose)
     params = _params(
-        dataset=dataset, models=models, max_history_length=max_history_length, epochs=epochs,
-        max_events=max_events, auc_floor=auc_floor, min_auc_lift=min_auc_lift, split=split,
-        negative_sampling=negative_sampling, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+        dataset=dataset,
+        models=models,
+        max_history_length=max_history_length,
+        epochs=epochs,
+        max_events=max_events,
+        auc_floor=auc_floor,
+        min_auc_lift=min_auc_lift,
+        split=split,
+        negative_sampling=negative_sampling,
+        seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
         registry_dir=str(registry_dir.resolve()),
     )
     from longrec.data.datasets import DatasetError, load_dataset
@@ -106,7 +121,9 @@ def run(
 
 
 @pipeline_app.command("compile")
-def compile_(output: Path = typer.Option(Path("longrec-training.yaml"), "--output", "-o", help="IR YAML path.")) -> None:
+def compile_(
+    output: Path = typer.Option(Path("longrec-training.yaml"), "--output", "-o", help="IR YAML path."),
+) -> None:
     """Compile the training pipeline to KFP IR YAML (upload it in the Kubeflow UI)."""
     from longrec.pipeline.local import compile_pipeline
 
@@ -136,9 +153,18 @@ def submit(
     _setup_logging(False)
     # A dataset path is read inside the cluster, so it is not checked for existence here.
     params = _params(
-        remote=True, dataset=dataset, models=models, max_history_length=max_history_length,
-        epochs=epochs, max_events=max_events, auc_floor=auc_floor, min_auc_lift=min_auc_lift, split=split,
-        negative_sampling=negative_sampling, seed=seed, registry_dir=registry_dir,
+        remote=True,
+        dataset=dataset,
+        models=models,
+        max_history_length=max_history_length,
+        epochs=epochs,
+        max_events=max_events,
+        auc_floor=auc_floor,
+        min_auc_lift=min_auc_lift,
+        split=split,
+        negative_sampling=negative_sampling,
+        seed=seed,
+        registry_dir=registry_dir,
     )
     from longrec.pipeline.submit import submit_pipeline
 
@@ -167,9 +193,16 @@ def train(
     """Train one model directly (no pipeline, histories from events) and print its test metrics."""
     _setup_logging(verbose)
     params = _params(
-        dataset=dataset, models=model, max_history_length=max_history_length, epochs=epochs,
-        max_events=max_events, split=split, negative_sampling=negative_sampling, seed=seed,
-        batch_size=batch_size, learning_rate=learning_rate,
+        dataset=dataset,
+        models=model,
+        max_history_length=max_history_length,
+        epochs=epochs,
+        max_events=max_events,
+        split=split,
+        negative_sampling=negative_sampling,
+        seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
     )
     from longrec.data.datasets import DatasetError
     from longrec.train.run import train_direct
@@ -197,8 +230,12 @@ def evaluate(
     output = output or Path(training_set).parent / "evaluation"
     output.mkdir(parents=True, exist_ok=True)
     result = compare_models(
-        training_set, model_dirs, None, comparison_md=output / "comparison.md",
-        report_html=output / "comparison.html", metrics_json=output / "metrics.json",
+        training_set,
+        model_dirs,
+        None,
+        comparison_md=output / "comparison.md",
+        report_html=output / "comparison.html",
+        metrics_json=output / "metrics.json",
     )
     typer.echo(result.markdown)
 

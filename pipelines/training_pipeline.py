@@ -36,6 +36,8 @@ def training_pipeline(
     eval_negatives: int = 4,
     negative_sampling: str = "uniform",
     max_events: int = 0,
+    min_positive_rate: float = 0.05,
+    max_positive_rate: float = 0.6,
     auc_floor: float = 0.70,
     min_auc_lift: float = 0.0,
     registry_dir: str = "",
@@ -55,6 +57,8 @@ def training_pipeline(
         eval_negatives: Negatives per positive in valid/test.
         negative_sampling: "uniform" or "popularity".
         max_events: Keep whole users up to this many events (0 = all); for smoke runs.
+        min_positive_rate: Validation: lowest share of positives in any split.
+        max_positive_rate: Validation: highest share of positives in any split.
         auc_floor: Minimum test AUC to promote.
         min_auc_lift: Required test-AUC gain over the production model.
         registry_dir: Model registry root (a shared volume on a cluster); empty = default.
@@ -73,7 +77,11 @@ def training_pipeline(
         negative_sampling=negative_sampling,
         seed=seed,
     )
-    validate_task = validate_training_set(training_set=samples_task.outputs["training_set"])
+    validate_task = validate_training_set(
+        training_set=samples_task.outputs["training_set"],
+        min_positive_rate=min_positive_rate,
+        max_positive_rate=max_positive_rate,
+    )
 
     with dsl.ParallelFor(models) as model_name:
         train_task = train_model(

@@ -15,7 +15,14 @@ from longrec.data.tensors import synthetic_sample_set
 from longrec.models.base import MLP, Dice, _DiceBatchStats
 from longrec.models.din import DIN, DINConfig
 from longrec.models.registry import available_models, build_model, model_config_from_dict
-from longrec.train.trainer import TrainConfig, evaluate_model, load_checkpoint, save_checkpoint, set_seed, train_model
+from longrec.train.trainer import (
+    TrainConfig,
+    evaluate_model,
+    load_checkpoint,
+    save_checkpoint,
+    set_seed,
+    train_model,
+)
 
 SPEC = FeatureSpec(
     n_users=20, n_items=41, n_genres=4, n_ages=3, n_genders=3, n_occupations=5, max_history_length=6
@@ -37,10 +44,10 @@ def pad_more(batch: dict[str, Tensor], extra: int, seed: int = 1) -> dict[str, T
     padded["history_items"] = torch.cat(
         [batch["history_items"], torch.randint(1, SPEC.n_items, (size, extra), generator=gen)], dim=1
     )
-    padded["history_time_buckets"] = torch.cat(
-        [batch["history_time_buckets"], torch.randint(1, SPEC.n_time_buckets, (size, extra), generator=gen)], dim=1
-    )
-    padded["history_mask"] = torch.cat([batch["history_mask"], torch.zeros(size, extra, dtype=torch.bool)], dim=1)
+    buckets = torch.randint(1, SPEC.n_time_buckets, (size, extra), generator=gen)
+    padded["history_time_buckets"] = torch.cat([batch["history_time_buckets"], buckets], dim=1)
+    no_mask = torch.zeros(size, extra, dtype=torch.bool)
+    padded["history_mask"] = torch.cat([batch["history_mask"], no_mask], dim=1)
     return padded
 
 

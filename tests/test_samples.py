@@ -83,7 +83,9 @@ def test_leave_one_out_holds_out_each_users_last_two_events():
 @pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 def test_negatives_are_never_in_the_users_history_and_counts_match(sampling):
     dataset = make_dataset()
-    config = SampleConfig(max_history_length=4, train_negatives=2, eval_negatives=5, negative_sampling=sampling)
+    config = SampleConfig(
+        max_history_length=4, train_negatives=2, eval_negatives=5, negative_sampling=sampling
+    )
     frame = build_training_set(dataset, config)
     seen = set(zip(dataset.events.user_id, dataset.events.item_id, strict=True))
     negatives = frame[frame.label == 0]
@@ -101,8 +103,10 @@ def test_sampling_is_seeded_and_deterministic():
     a = build_training_set(dataset, SampleConfig(max_history_length=4, seed=3))
     b = build_training_set(dataset, SampleConfig(max_history_length=4, seed=3))
     c = build_training_set(dataset, SampleConfig(max_history_length=4, seed=4))
-    pd.testing.assert_frame_equal(a.drop(columns=["history_items", "history_timestamps", "history_mask"]),
-                                  b.drop(columns=["history_items", "history_timestamps", "history_mask"]))
+    pd.testing.assert_frame_equal(
+        a.drop(columns=["history_items", "history_timestamps", "history_mask"]),
+        b.drop(columns=["history_items", "history_timestamps", "history_mask"]),
+    )
     assert not a.target_item.equals(c.target_item)
 
 

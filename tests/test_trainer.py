@@ -68,7 +68,8 @@ def test_early_stopping_and_best_weights_restored(
 def test_best_checkpoint_written_and_loadable(monkeypatch: pytest.MonkeyPatch, data, tmp_path) -> None:
     snapshots = scripted_validation(monkeypatch, [0.6, 0.8, 0.7])
     model = tiny_model()
-    result = train_model(model, *data, TrainConfig(epochs=3, batch_size=16, patience=3, progress=False), tmp_path)
+    config = TrainConfig(epochs=3, batch_size=16, patience=3, progress=False)
+    result = train_model(model, *data, config=config, checkpoint_dir=tmp_path)
     assert result.best_checkpoint == tmp_path / "best.pt" and result.best_checkpoint.exists()
     loaded, meta = load_checkpoint(result.best_checkpoint)
     assert meta["extra"]["epoch"] == 2

@@ -5,8 +5,8 @@ and any user,item,timestamp CSV/parquet. Every loader returns a `RecDataset` wit
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.resources
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,8 +318,8 @@ def head_users(dataset: RecDataset, max_events: int) -> RecDataset:
     # Carry side ids over unchanged (their vocabularies do not shrink, so ids stay comparable).
     old_item = pd.Series(np.arange(len(dataset.item_vocab)), index=dataset.item_vocab)
     old_user = pd.Series(np.arange(len(dataset.user_vocab)), index=dataset.user_vocab)
-    sub.item_features["genre_id"] = item_lookup.reindex(old_item[sub.item_vocab[1:]].to_numpy()).fillna(0).to_numpy(
-        np.int64
+    sub.item_features["genre_id"] = (
+        item_lookup.reindex(old_item[sub.item_vocab[1:]].to_numpy()).fillna(0).to_numpy(np.int64)
     )
     for column in ("age_id", "gender_id", "occupation_id"):
         sub.user_features[column] = (

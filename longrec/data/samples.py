@@ -41,7 +41,9 @@ class SampleConfig:
         if self.split not in ("time", "leave_one_out"):
             raise ValueError(f"split must be 'time' or 'leave_one_out', got {self.split!r}")
         if self.negative_sampling not in ("uniform", "popularity"):
-            raise ValueError(f"negative_sampling must be 'uniform' or 'popularity', got {self.negative_sampling!r}")
+            raise ValueError(
+                f"negative_sampling must be 'uniform' or 'popularity', got {self.negative_sampling!r}"
+            )
         if not (0 < self.train_fraction < 1 and 0 < self.valid_fraction < 1):
             raise ValueError("train_fraction and valid_fraction must lie in (0, 1)")
         if self.train_fraction + self.valid_fraction >= 1:
@@ -120,9 +122,13 @@ def sample_negatives(
     """
     m = len(user_ids)
     negatives = np.zeros((m, n_negatives), dtype=np.int64)
-    candidates_per_user = (n_items - 1) - np.bincount(interacted // n_items, minlength=user_ids.max(initial=0) + 1)
+    candidates_per_user = (n_items - 1) - np.bincount(
+        interacted // n_items, minlength=user_ids.max(initial=0) + 1
+    )
     if m and (candidates_per_user[user_ids] < n_negatives).any():
-        raise ValueError(f"some users interacted with almost every item: cannot sample {n_negatives} negatives")
+        raise ValueError(
+            f"some users interacted with almost every item: cannot sample {n_negatives} negatives"
+        )
 
     def draw(size: int) -> np.ndarray:
         if popularity is None:
@@ -240,7 +246,11 @@ def histories_from_sequences(
     Keeps the newest L events of each sequence (sequences are oldest first).
     """
     lengths = np.fromiter((len(s) for s in sequences_items), dtype=np.int64, count=len(sequences_items))
-    flat_items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences_items]) if len(lengths) else np.zeros(0, np.int64)
+    flat_items = (
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences_items])
+        if len(lengths)
+        else np.zeros(0, np.int64)
+    )
     flat_times = (
         np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences_timestamps])
         if len(lengths)
@@ -264,7 +274,11 @@ def assemble_training_set(
     genre = dataset.item_features.set_index("item_id")["genre_id"]
     frame["target_genre"] = genre.reindex(frame["target_item"]).fillna(0).to_numpy(np.int64)
     users = dataset.user_features.set_index("user_id")
-    for column, source in (("user_age", "age_id"), ("user_gender", "gender_id"), ("user_occupation", "occupation_id")):
+    for column, source in (
+        ("user_age", "age_id"),
+        ("user_gender", "gender_id"),
+        ("user_occupation", "occupation_id"),
+    ):
         frame[column] = users[source].reindex(frame["user_id"]).fillna(0).to_numpy(np.int64)
     # One row view per sample: cheap, and parquet/GE read list columns from object columns of arrays.
     frame["history_items"] = list(history_items)

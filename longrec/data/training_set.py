@@ -51,7 +51,9 @@ def read_training_set(directory: str | Path) -> tuple[pd.DataFrame, FeatureSpec,
         raise FileNotFoundError(f"no training set at {directory} (expected {TRAINING_SET_FILE})")
     spec = FeatureSpec.from_json(directory / SPEC_FILE)
     table = pq.read_table(path)
-    frame = pd.DataFrame({c: table.column(c).to_numpy() for c in SCALAR_SAMPLE_COLUMNS if c in table.column_names})
+    frame = pd.DataFrame(
+        {c: table.column(c).to_numpy() for c in SCALAR_SAMPLE_COLUMNS if c in table.column_names}
+    )
     for column in SEQUENCE_SAMPLE_COLUMNS:
         if column in table.column_names:
             flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)

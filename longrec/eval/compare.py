@@ -64,7 +64,9 @@ def _score(model_dir: Path, test) -> tuple[dict, dict]:
     return metrics, meta
 
 
-def _production_row(registry_dir: str | Path | None, dataset: str | None, spec, test) -> tuple[ModelScore | None, str]:
+def _production_row(
+    registry_dir: str | Path | None, dataset: str | None, spec, test
+) -> tuple[ModelScore | None, str]:
     if registry_dir is None or dataset is None:
         return None, "no registry given: production not compared"
     from longrec.registry.store import ModelRegistry
@@ -76,7 +78,10 @@ def _production_row(registry_dir: str | Path | None, dataset: str | None, spec, 
     model_dir = registry.model_path(pointer["tag"])
     meta = json.loads((model_dir / MODEL_META_FILE).read_text())
     theirs = meta.get("feature_spec", {})
-    ours = {k: getattr(spec, k) for k in ("n_users", "n_items", "n_genres", "n_ages", "n_genders", "n_occupations")}
+    ours = {
+        k: getattr(spec, k)
+        for k in ("n_users", "n_items", "n_genres", "n_ages", "n_genders", "n_occupations")
+    }
     if any(theirs.get(k) != v for k, v in ours.items()):
         # Different vocabularies (another slice of the data): its AUC on these samples is meaningless.
         return None, f"production {pointer['tag']} was trained on other vocabularies: not comparable"
@@ -142,17 +147,25 @@ def compare_models(
     if "test" not in splits:
         raise ValueError(f"training set {training_set_dir} has no test split")
     test = splits["test"]
-    fingerprint = test_set_fingerprint({k: test[k] for k in ("user_id", "target_item", "label", "history_items")})
+    fingerprint = test_set_fingerprint(
+        {k: test[k] for k in ("user_id", "target_item", "label", "history_items")}
+    )
     rows = []
     for model_dir in map(Path, model_dirs):
         metrics, ckpt_meta = _score(model_dir, test)
-        model_meta = json.loads((model_dir / MODEL_META_FILE).read_text()) if (model_dir / MODEL_META_FILE).is_file() else {}
+        model_meta = (
+            json.loads((model_dir / MODEL_META_FILE).read_text())
+            if (model_dir / MODEL_META_FILE).is_file()
+            else {}
+        )
         valid_auc = float(model_meta.get("valid_metrics", {}).get("auc", float("nan")))
-        rows.append(ModelScore(ckpt_meta["model_name"], ckpt_meta["model_name"], valid_auc, metrics, model_dir))
+        rows.append(
+            ModelScore(ckpt_meta["model_name"], ckpt_meta["model_name"], valid_auc, metrics, model_dir)
+        )
     if not rows:
         raise ValueError("no models to compare")
     # The candidate is chosen on validation AUC; choosing on test AUC would overfit the test split.
-    candidate = max(rows, key=lambda r: (-math.inf if math.isnan(r.valid_auc) else r.valid_auc))
+    candidate = max(rows, key=lambda r: -math.inf if math.isnan(r.valid_auc) else r.valid_auc)
     notes = [f"candidate chosen by validation AUC: {candidate.label}", f"test set fingerprint {fingerprint}"]
     production, note = _production_row(registry_dir, meta.get("dataset"), spec, test)
     notes.append(note)

@@ -38,7 +38,11 @@ def build_training_set_from_features(
     )
     frame = assemble_training_set(targets, items, stamps, dataset)
     # User side features as the feature store served them.
-    for column, source in (("user_age", "age_id"), ("user_gender", "gender_id"), ("user_occupation", "occupation_id")):
+    for column, source in (
+        ("user_age", "age_id"),
+        ("user_gender", "gender_id"),
+        ("user_occupation", "occupation_id"),
+    ):
         frame[column] = joined[source].to_numpy(np.int64)
     fetch_seconds = time.time() - started
     spec = dataset.feature_spec(config.max_history_length)
@@ -52,4 +56,8 @@ def build_training_set_from_features(
     }
     write_training_set(frame, spec, output_dir, meta)
     logger.info("training set: %d samples, histories fetched in %.1f s", len(frame), fetch_seconds)
-    return {**meta["n_samples_by_split"], "n_samples": meta["n_samples"], "fetch_seconds": round(fetch_seconds, 1)}
+    return {
+        **meta["n_samples_by_split"],
+        "n_samples": meta["n_samples"],
+        "fetch_seconds": round(fetch_seconds, 1),
+    }

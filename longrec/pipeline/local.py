@@ -59,7 +59,9 @@ def new_run_dir(runs_dir: str | Path, dataset: str) -> Path:
     return run_dir
 
 
-def run_local(params: PipelineParams, runs_dir: str | Path, registry_dir: str | Path | None = None) -> RunSummary:
+def run_local(
+    params: PipelineParams, runs_dir: str | Path, registry_dir: str | Path | None = None
+) -> RunSummary:
     """Compile, run every task through kfp.local's SubprocessRunner, and collect the outputs."""
     from kfp import local
 
@@ -90,8 +92,14 @@ def run_local(params: PipelineParams, runs_dir: str | Path, registry_dir: str | 
 
 
 TASK_NAMES = (
-    "ingest-dataset", "materialize-features", "build-training-set", "validate-training-set",
-    "train-model", "evaluate-models", "gate-promotion", "register-model",
+    "ingest-dataset",
+    "materialize-features",
+    "build-training-set",
+    "validate-training-set",
+    "train-model",
+    "evaluate-models",
+    "gate-promotion",
+    "register-model",
 )
 
 
@@ -144,7 +152,9 @@ def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, pa
     if tasks.get("register-model") and summary.status == "succeeded":
         from longrec.registry.store import ModelRegistry
 
-        dataset = json.loads(next(iter(tasks["ingest-dataset"])).joinpath("events", "dataset.json").read_text())
+        dataset = json.loads(
+            next(iter(tasks["ingest-dataset"])).joinpath("events", "dataset.json").read_text()
+        )
         pointer = ModelRegistry(registry).production(dataset["name"])
         if pointer:
             summary.production_tag = pointer["tag"]
@@ -179,10 +189,15 @@ def write_index(summary: RunSummary, params: PipelineParams) -> Path:
         "registered_model.json": "Registered production model",
         "summary.json": "Run summary (JSON)",
     }
-    rows = [f'<li><a href="pipeline.yaml">Compiled pipeline (KFP IR YAML)</a></li>',
-            f'<li><a href="parameters.json">Pipeline parameters</a></li>']
-    rows += [f'<li><a href="{html.escape(name)}">{html.escape(labels.get(name, name))}</a></li>'
-             for name in labels if name in summary.artifacts]
+    rows = [
+        '<li><a href="pipeline.yaml">Compiled pipeline (KFP IR YAML)</a></li>',
+        '<li><a href="parameters.json">Pipeline parameters</a></li>',
+    ]
+    rows += [
+        f'<li><a href="{html.escape(name)}">{html.escape(labels.get(name, name))}</a></li>'
+        for name in labels
+        if name in summary.artifacts
+    ]
     rows.append('<li><a href="kfp/">Raw kfp.local task outputs</a></li>')
     status = "FAILED: " + html.escape(summary.failure or "") if summary.status == "failed" else "succeeded"
     page = f"""<!doctype html>

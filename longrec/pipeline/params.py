@@ -25,6 +25,8 @@ class PipelineParams(BaseModel):
     eval_negatives: int = Field(4, ge=1, le=1000)
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     max_events: int = Field(0, ge=0)
+    min_positive_rate: float = Field(0.05, ge=0, le=1)
+    max_positive_rate: float = Field(0.6, ge=0, le=1)
     auc_floor: float = Field(0.70, ge=0, le=1)
     min_auc_lift: float = Field(0.0, ge=-1, le=1)
     registry_dir: str = ""

@@ -39,13 +39,18 @@ def decide_promotion(
 ) -> GateDecision:
     """Promote iff candidate_auc >= auc_floor and (no production model or candidate_auc >= production + lift)."""
     if candidate_auc != candidate_auc:  # NaN: a model that could not be scored is never promoted
-        return GateDecision(False, candidate_name, candidate_auc, production_auc, auc_floor, min_auc_lift,
-                            ["candidate AUC is NaN"])
+        return GateDecision(
+            False,
+            candidate_name,
+            candidate_auc,
+            production_auc,
+            auc_floor,
+            min_auc_lift,
+            ["candidate AUC is NaN"],
+        )
     reasons = []
     clears_floor = candidate_auc >= auc_floor
-    reasons.append(
-        f"test AUC {candidate_auc:.4f} {'>=' if clears_floor else '<'} floor {auc_floor:.4f}"
-    )
+    reasons.append(f"test AUC {candidate_auc:.4f} {'>=' if clears_floor else '<'} floor {auc_floor:.4f}")
     beats_production = True
     if production_auc is None:
         reasons.append("no production model for this dataset yet")

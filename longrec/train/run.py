@@ -52,7 +52,9 @@ def train_from_training_set(
         "summary": summary,
     }
     (output_dir / MODEL_META_FILE).write_text(json.dumps(model_meta, indent=2, default=str))
-    logger.info("trained %s: best epoch %d, valid %s", model_name, result.best_epoch, result.best_valid_metrics)
+    logger.info(
+        "trained %s: best epoch %d, valid %s", model_name, result.best_epoch, result.best_valid_metrics
+    )
     return {"summary": summary, "valid_metrics": result.best_valid_metrics}
 
 
@@ -76,14 +78,34 @@ def train_direct(params, output: str | Path) -> dict:
     )
     frame = build_training_set(dataset, config)
     training_dir = output / "training_set"
-    meta = {"dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(), "sample_config": config.to_dict()}
+    meta = {
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "sample_config": config.to_dict(),
+    }
     write_training_set(frame, dataset.feature_spec(config.max_history_length), training_dir, meta)
-    validate_training_set_dir(training_dir, output / "validation_report.html", output / "validation_results.json")
+    validate_training_set_dir(
+        training_dir, output / "validation_report.html", output / "validation_results.json"
+    )
     model_name = params.models[0]
-    train_config = TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.learning_rate,
-                               seed=params.seed, device="auto")
+    train_config = TrainConfig(
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.learning_rate,
+        seed=params.seed,
+        device="auto",
+    )
     model_dir = output / model_name
     train_from_training_set(training_dir, model_name, train_config, model_dir)
-    result = compare_models(training_dir, [model_dir], None, comparison_md=output / "comparison.md",
-                            metrics_json=output / "metrics.json")
-    return {"model_dir": str(model_dir), "training_set": str(training_dir), "test_metrics": result.candidate_metrics}
+    result = compare_models(
+        training_dir,
+        [model_dir],
+        None,
+        comparison_md=output / "comparison.md",
+        metrics_json=output / "metrics.json",
+    )
+    return {
+        "model_dir": str(model_dir),
+        "training_set": str(training_dir),
+        "test_metrics": result.candidate_metrics,
+    }

@@ -5,16 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from longrec.data.training_set import read_training_set
-from longrec.validation.suite import assert_valid, validate_training_set, write_report
+from longrec.validation.suite import ValidationConfig, assert_valid, validate_training_set, write_report
 
 
-def validate_training_set_dir(training_set_dir: str | Path, report_html: str | Path, results_json: str | Path) -> dict:
+def validate_training_set_dir(
+    training_set_dir: str | Path,
+    report_html: str | Path,
+    results_json: str | Path,
+    config: ValidationConfig | None = None,
+) -> dict:
     """Run the suite, write both reports, then raise TrainingSetValidationError if anything failed.
 
     Returns the summary (success, counts) when the training set passed.
     """
     frame, spec, _ = read_training_set(training_set_dir)
-    result = validate_training_set(frame, spec)
+    result = validate_training_set(frame, spec, config)
     write_report(result, report_html, results_json)
     assert_valid(result)  # reports are on disk first, so a failed run still shows what failed
     return {

@@ -1,0 +1,30 @@
+"""Shared fixtures. Environment first: spinning OpenMP threads and BentoML telemetry have no place in tests."""
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+import pytest  # noqa: E402
+
+from longrec.pipeline.params import PipelineParams  # noqa: E402
+
+# A slice of MovieLens-100k (whole users) small enough for a full pipeline run in about a minute.
+TINY_MAX_EVENTS = 1_500
+
+
+@pytest.fixture(scope="session")
+def tiny_params() -> PipelineParams:
+    """Pipeline parameters for smoke runs on a slice of the default dataset."""
+    # auc_floor=0: a slice this small learns little; these runs test the mechanics, `make run` the quality.
+    return PipelineParams(max_events=TINY_MAX_EVENTS, epochs=1, batch_size=256, auc_floor=0.0)
+
+
+@pytest.fixture(scope="session")
+def local_pipeline_run(tmp_path_factory, tiny_params):
+    """The whole training pipeline through kfp.local (SubprocessRunner, use_venv=False), run once."""
+    from longrec.pipeline.local import run_local
+
+    root = tmp_path_factory.mktemp("pipeline")
+    summary = run_local(tiny_params, root / "runs", registry_dir=root / "registry")
+    return summary, root / "registry"

@@ -1,0 +1,216 @@
+"""Every component's python_func on tiny inputs, chained the way the pipeline chains them."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from kfp import dsl
+
+from components.build_training_set import build_training_set
+from components.evaluate_models import evaluate_models
+from components.gate_promotion import gate_promotion
+from components.ingest import ingest_dataset
+from components.materialize_features import materialize_features
+from components.register_model import register_model
+from components.train_model import train_model
+from components.validate_training_set import validate_training_set
+from longrec.data.training_set import read_training_set, write_training_set
+from longrec.validation import TrainingSetValidationError
+
+L = 8
+
+
+def artifact(kind, path):
+    return kind(uri=str(path))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("components")
+
+
+@pytest.fixture(scope="module")
+def events(work):
+    out = artifact(dsl.Dataset, work / "events")
+    ingest_dataset.python_func(dataset="ml-100k", max_events=600, events=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def feature_repo(work, events):
+    out = artifact(dsl.Artifact, work / "feature_repo")
+    materialize_features.python_func(events=events, max_history_length=L, feature_repo=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def training_set(work, events, feature_repo):
+    out = artifact(dsl.Dataset, work / "training_set")
+    build_training_set.python_func(
+        events=events,
+        feature_repo=feature_repo,
+        max_history_length=L,
+        split="time",
+        train_negatives=1,
+        eval_negatives=4,
+        negative_sampling="uniform",
+        seed=0,
+        training_set=out,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(work, training_set):
+    model = artifact(dsl.Model, work / "model")
+    metrics = artifact(dsl.Metrics, work / "metrics")
+    train_model.python_func(
+        training_set=training_set,
+        model_name="din",
+        epochs=1,
+        batch_size=128,
+        learning_rate=0.001,
+        seed=0,
+        model=model,
+        metrics=metrics,
+    )
+    return model, metrics
+
+
+@pytest.fixture(scope="module")
+def evaluated(work, training_set, trained):
+    outs = {
+        name: artifact(kind, work / name)
+        for name, kind in [
+            ("comparison", dsl.Markdown),
+            ("report", dsl.HTML),
+            ("metrics", dsl.Metrics),
+            ("metrics_json", dsl.Artifact),
+            ("candidate", dsl.Model),
+        ]
+    }
+    result = evaluate_models.python_func(
+        training_set=training_set, models=[trained[0]], registry_dir=str(work / "registry"), **outs
+    )
+    return result, outs
+
+
+def test_ingest_writes_dataset_folder(events):
+    info = json.loads(open(events.path + "/dataset.json").read())
+    assert info["name"] == "ml-100k" and info["n_events"] >= 600
+    assert events.metadata["fingerprint"] == info["fingerprint"]
+
+
+def test_materialize_features_applies_and_fills_online_store(feature_repo):
+    from feast import FeatureStore
+
+    from longrec.features.store import online_history
+
+    store = FeatureStore(repo_path=feature_repo.path)
+    assert {v.name for v in store.list_feature_views()} >= {"user_behavior_sequence", "user_side_features"}
+    items, stamps = online_history(store, [1])[1]
+    assert 0 < len(items) <= L and (np.diff(stamps) >= 0).all()
+    assert feature_repo.metadata["max_history_length"] == L
+
+
+def test_build_training_set_reads_histories_before_each_target(training_set):
+    frame, spec, meta = read_training_set(training_set.path)
+    assert spec.max_history_length == L and "feast" in meta["history_source"]
+    stamps = np.stack(frame["history_timestamps"].to_numpy())
+    mask = np.stack(frame["history_mask"].to_numpy())
+    assert not ((stamps >= frame["target_timestamp"].to_numpy()[:, None]) & mask).any()
+    assert set(frame["split"]) == {"train", "valid", "test"}
+
+
+def test_validate_passes_and_writes_reports(work, training_set):
+    report, results = (
+        artifact(dsl.HTML, work / "v_report.html"),
+        artifact(dsl.Artifact, work / "v_results.json"),
+    )
+    validate_training_set.python_func(
+        training_set=training_set,
+        min_positive_rate=0.05,
+        max_positive_rate=0.6,
+        report=report,
+        results=results,
+    )
+    assert json.loads(open(results.path).read())["success"] is True
+    assert "PASS" in open(report.path).read()
+
+
+def test_validate_fails_on_corrupted_training_set_naming_the_expectation(work, training_set):
+    frame, spec, meta = read_training_set(training_set.path)
+    frame.loc[0, "label"] = 3
+    stamps = frame.at[1, "history_timestamps"].copy()
+    stamps[0] = frame.at[1, "target_timestamp"] + 10  # an event after its target
+    frame.at[1, "history_timestamps"] = stamps
+    corrupted = artifact(dsl.Dataset, work / "corrupted")
+    write_training_set(frame, spec, corrupted.path, meta)
+    report, results = (
+        artifact(dsl.HTML, work / "c_report.html"),
+        artifact(dsl.Artifact, work / "c_results.json"),
+    )
+    with pytest.raises(TrainingSetValidationError) as error:
+        validate_training_set.python_func(
+            training_set=corrupted,
+            min_positive_rate=0.05,
+            max_positive_rate=0.6,
+            report=report,
+            results=results,
+        )
+    assert "label" in str(error.value) and "history_before_target" in str(error.value)
+    assert "FAIL" in open(report.path).read()  # the report is written before the task fails
+
+
+def test_train_model_writes_checkpoint_and_metrics(trained):
+    model, metrics = trained
+    assert os.path.isfile(model.path + "/model.pt") and os.path.isfile(model.path + "/model_meta.json")
+    assert 0.0 <= metrics.metadata["valid_auc"] <= 1.0
+    assert model.metadata["model_name"] == "din"
+
+
+def test_evaluate_models_compares_and_copies_candidate(evaluated):
+    result, outs = evaluated
+    assert result.candidate_name == "din" and 0 <= result.candidate_auc <= 1
+    assert result.production_auc == -1.0  # empty registry
+    assert "| **din** (candidate)" in open(outs["comparison"].path).read()
+    assert json.loads(open(outs["candidate"].path + "/evaluation.json").read())["test_metrics"][
+        "auc"
+    ] == pytest.approx(result.candidate_auc)
+
+
+@pytest.mark.parametrize(
+    ("auc", "production", "expected"),
+    [
+        (0.75, -1.0, "promote"),
+        (0.65, -1.0, "reject"),
+        (0.75, 0.76, "reject"),
+        (0.78, 0.76, "promote"),
+    ],
+)
+def test_gate_promotion_both_ways(work, auc, production, expected):
+    decision = artifact(dsl.Markdown, work / f"decision-{auc}-{production}.md")
+    verdict = gate_promotion.python_func(
+        candidate_name="din",
+        candidate_auc=auc,
+        production_auc=production,
+        auc_floor=0.7,
+        min_auc_lift=0.01,
+        decision=decision,
+    )
+    assert verdict == expected
+    assert expected.upper() in open(decision.path).read()
+
+
+def test_register_model_moves_production_pointer(work, evaluated, events):
+    from longrec.registry.store import ModelRegistry
+
+    _, outs = evaluated
+    tag = register_model.python_func(
+        candidate=outs["candidate"], events=events, registry_dir=str(work / "registry")
+    )
+    registry = ModelRegistry(work / "registry")
+    pointer = registry.production("ml-100k")
+    assert pointer["tag"] == tag and tag.startswith("longrec-ml-100k-din:")
+    assert (registry.model_path(tag) / "model.pt").is_file()

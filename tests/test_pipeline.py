@@ -1,0 +1,104 @@
+"""The training pipeline: compiled IR YAML for the Kubeflow UI, and whole local runs through kfp.local."""
+
+import json
+
+import pytest
+import yaml
+
+from longrec.pipeline.local import compile_pipeline, run_local
+from longrec.registry.store import ModelRegistry
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    path = compile_pipeline(tmp_path_factory.mktemp("yaml") / "pipeline.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def test_compiled_yaml_exposes_parameters_for_the_ui(compiled):
+    parameters = compiled["root"]["inputDefinitions"]["parameters"]
+    for name in ("dataset", "models", "max_history_length", "epochs", "auc_floor", "min_auc_lift"):
+        assert name in parameters, name
+    assert parameters["models"]["parameterType"] == "LIST"
+    assert parameters["models"]["defaultValue"] == ["din"]
+    assert parameters["dataset"]["defaultValue"] == "ml-100k"
+    assert parameters["max_history_length"]["parameterType"] == "NUMBER_INTEGER"
+
+
+def test_train_tasks_request_a_gpu(compiled):
+    executors = compiled["deploymentSpec"]["executors"]
+    train = executors["exec-train-model"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert train["resources"]["accelerator"]["resourceCount"] == "1"
+    others = [e for name, e in executors.items() if name != "exec-train-model"]
+    assert all("accelerator" not in e["container"].get("resources", {}) for e in others)
+    # Every component runs from the one base image.
+    assert len({e["container"]["image"] for e in executors.values()}) == 1
+
+
+def test_register_runs_only_when_the_gate_says_promote(compiled):
+    tasks = compiled["root"]["dag"]["tasks"]
+    condition = next(t for t in tasks.values() if "triggerPolicy" in t)
+    assert "gate-promotion-Output" in condition["triggerPolicy"]["condition"]
+    assert "'promote'" in condition["triggerPolicy"]["condition"]
+    inner = compiled["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["register-model"]
+    # Training waits for validation, fanned out over the models parameter.
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)
+    assert (
+        loop["dependentTasks"] == ["validate-training-set"]
+        or "validate-training-set" in loop["dependentTasks"]
+    )
+
+
+@pytest.mark.slow
+def test_local_run_trains_evaluates_gates_and_registers(local_pipeline_run):
+    summary, registry = local_pipeline_run
+    assert summary.status == "succeeded", summary.failure
+    run_dir = summary.run_dir
+    for name in (
+        "index.html",
+        "pipeline.yaml",
+        "validation_report.html",
+        "metrics.json",
+        "comparison.md",
+        "decision.md",
+        "registered_model.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["candidate"] == "din" and 0.0 <= metrics["models"]["din"]["auc"] <= 1.0
+    assert summary.decision == "promote"
+    pointer = ModelRegistry(registry).production("ml-100k")
+    assert pointer["tag"] == summary.production_tag
+    index = (run_dir / "index.html").read_text()
+    for name in ("validation_report.html", "metrics.json", "pipeline.yaml", "registered_model.json"):
+        assert f'href="{name}"' in index
+
+
+@pytest.mark.slow
+def test_second_run_is_compared_against_production(local_pipeline_run, tiny_params, tmp_path):
+    summary, registry = local_pipeline_run
+    before = ModelRegistry(registry).production("ml-100k")
+    # Demand a lift no model can reach: the gate must reject and production must stay where it was.
+    params = tiny_params.model_copy(update={"min_auc_lift": 0.5})
+    second = run_local(params, tmp_path / "runs", registry_dir=registry)
+    assert second.status == "succeeded" and second.decision == "reject"
+    assert "production" in second.comparison_md and "rescored" in second.comparison_md
+    assert ModelRegistry(registry).production("ml-100k") == before
+    assert not (second.run_dir / "registered_model.json").exists()
+
+
+@pytest.mark.slow
+def test_failed_validation_stops_the_run_before_training(tiny_params, tmp_path):
+    # A positive-rate floor no split can meet: the GE suite fails on real data.
+    params = tiny_params.model_copy(update={"min_positive_rate": 0.9, "max_positive_rate": 1.0})
+    summary = run_local(params, tmp_path / "runs", registry_dir=tmp_path / "registry")
+    assert summary.status == "failed"
+    assert "validation failed" in summary.failure and "positive rate" in summary.failure
+    assert (summary.run_dir / "validation_report.html").is_file()
+    assert "FAIL" in (summary.run_dir / "validation_report.html").read_text()
+    # Nothing downstream ran: no trained model, no comparison, nothing in the registry.
+    assert not list((summary.run_dir / "kfp").rglob("train-model"))
+    assert not (summary.run_dir / "comparison.md").exists()
+    assert ModelRegistry(tmp_path / "registry").list_models() == []
