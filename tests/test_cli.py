@@ -92,3 +92,22 @@ def test_pipeline_submit_reports_connection_errors_in_one_line():
 def test_evaluate_rejects_missing_folders(tmp_path):
     result = run_cli("evaluate", tmp_path / "nope", "--training-set", tmp_path)
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_train_then_evaluate_without_the_pipeline(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("train", "--model", "din", "--max-events", 600, "--epochs", 1, "-L", 8, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "din" / "model.pt").is_file() and (out / "validation_report.html").is_file()
+    assert '"auc"' in result.output
+    result = run_cli(
+        "evaluate", out / "din", "--training-set", out / "training_set", "--output", tmp_path / "ev"
+    )
+    assert result.exit_code == 0, result.output
+    assert "| **din** (candidate)" in result.output
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
+def test_train_rejects_an_unknown_model(tmp_path):
+    result = run_cli("train", "--model", "nope", "--output", tmp_path)
+    assert result.exit_code == 2 and "unknown model 'nope'" in result.output
