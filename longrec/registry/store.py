@@ -126,9 +126,11 @@ class ModelRegistry:
         labels = {"dataset": dataset_slug(dataset["name"]), "model": meta["model_name"], "stage": "candidate"}
         metadata = _metadata_safe(metadata)
         with bentoml.models.create(name, labels=labels, metadata=metadata, _model_store=self.store) as model:
-            for file in model_dir.iterdir():
-                if file.is_file():
-                    shutil.copy2(file, Path(model.path) / file.name)
+            for entry in model_dir.iterdir():
+                if entry.is_dir():  # e.g. LMN's memory shards
+                    shutil.copytree(entry, Path(model.path) / entry.name)
+                else:
+                    shutil.copy2(entry, Path(model.path) / entry.name)
             tag = str(model.tag)
         logger.info("registered %s", tag)
         return tag

@@ -35,6 +35,8 @@ def train_from_training_set(
     model = build_model(model_name, spec, model_overrides)
     result = train_model(model, splits["train"], splits.get("valid"), config)
     save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name=model_name, spec=spec)
+    if hasattr(model, "export_artifacts"):  # models with deployable parts (LMN's memory shards)
+        model.export_artifacts(output_dir)
     summary = {
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
