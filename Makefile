@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.longrec-installed
 # pip on these machines finds the CPU torch wheel in a local folder; uv does not read pip's config.
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
-MODELS ?= din
+MODELS ?= din,imn,recblr,lmn
 DATASET ?= ml-100k
 
 export OMP_WAIT_POLICY ?= PASSIVE

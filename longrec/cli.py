@@ -16,6 +16,18 @@ app = typer.Typer(
 pipeline_app = typer.Typer(no_args_is_help=True, help="Compile or submit the KFP training pipeline.")
 app.add_typer(pipeline_app, name="pipeline")
 
+
+def _mount_experiments() -> None:
+    # Experiment commands live beside their library code; they are mounted here so `longrec --help` lists them.
+    from longrec.experiments.imn_ablation import ablate_app
+    from longrec.experiments.nextitem_cli import nextitem_app
+
+    app.add_typer(ablate_app, name="ablate", help="Ablation studies: `longrec ablate imn ...`.")
+    app.add_typer(nextitem_app, name="nextitem", help="Next-item ranking (RecBLR, SASRec): HR/NDCG/MRR@K.")
+
+
+_mount_experiments()
+
 DEFAULT_HOME = Path(os.environ.get("LONGREC_HOME", ".longrec"))
 
 
@@ -49,7 +61,7 @@ def _params(remote: bool = False, **values) -> PipelineParams:  # noqa: F821
 DatasetOpt = typer.Option(
     "ml-100k", help="ml-100k, dslabs-movielens, or a user,item,timestamp CSV/parquet path."
 )
-ModelsOpt = typer.Option("din", help="Comma-separated models to train, e.g. din.")
+ModelsOpt = typer.Option("din,imn,recblr,lmn", help="Comma-separated models to train (DIN is the baseline).")
 LengthOpt = typer.Option(50, "--max-history-length", "-L", help="History length L.")
 EpochsOpt = typer.Option(3, help="Maximum epochs (early stopping on validation AUC).")
 MaxEventsOpt = typer.Option(0, help="Keep whole users up to this many events (0 = all).")
@@ -59,7 +71,7 @@ SplitOpt = typer.Option("time", help="time (80/10/10 of the time range) or leave
 SamplingOpt = typer.Option("uniform", help="Negative sampling: uniform or popularity.")
 SeedOpt = typer.Option(0, help="Seed of sampling and training.")
 BatchOpt = typer.Option(1024, help="Training batch size.")
-LrOpt = typer.Option(0.001, help="Adam learning rate.")
+LrOpt = typer.Option(0.003, help="Adam learning rate.")
 
 
 @app.command()

@@ -25,11 +25,11 @@ TRAIN_ACCELERATOR_LIMIT = 1
 )
 def training_pipeline(
     dataset: str = "ml-100k",
-    models: list[str] = ["din"],  # noqa: B006 - KFP reads the default from the signature
+    models: list[str] = ["din", "imn", "recblr", "lmn"],  # noqa: B006 - KFP reads the default from the signature
     max_history_length: int = 50,
     epochs: int = 3,
     batch_size: int = 1024,
-    learning_rate: float = 0.001,
+    learning_rate: float = 0.003,
     seed: int = 0,
     split: str = "time",
     train_negatives: int = 1,
@@ -46,7 +46,7 @@ def training_pipeline(
 
     Args:
         dataset: Built-in dataset (ml-100k, dslabs-movielens) or a path to a user,item,timestamp file.
-        models: Models to train, each in its own GPU task (din, ...).
+        models: Models to train, each in its own GPU task (din, imn, recblr, lmn); DIN is the baseline.
         max_history_length: History length L.
         epochs: Maximum training epochs (early stopping on validation AUC).
         batch_size: Training batch size.

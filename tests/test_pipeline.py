@@ -20,7 +20,7 @@ def test_compiled_yaml_exposes_parameters_for_the_ui(compiled):
     for name in ("dataset", "models", "max_history_length", "epochs", "auc_floor", "min_auc_lift"):
         assert name in parameters, name
     assert parameters["models"]["parameterType"] == "LIST"
-    assert parameters["models"]["defaultValue"] == ["din"]
+    assert parameters["models"]["defaultValue"] == ["din", "imn", "recblr", "lmn"]
     assert parameters["dataset"]["defaultValue"] == "ml-100k"
     assert parameters["max_history_length"]["parameterType"] == "NUMBER_INTEGER"
 
@@ -67,7 +67,15 @@ def test_local_run_trains_evaluates_gates_and_registers(local_pipeline_run):
     ):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["candidate"] == "din" and 0.0 <= metrics["models"]["din"]["auc"] <= 1.0
+    # Every default model trained on the same samples and scored on the same test split.
+    assert set(metrics["models"]) == {"din", "imn", "recblr", "lmn"}
+    assert all(0.0 <= m["auc"] <= 1.0 for m in metrics["models"].values())
+    best_valid = max(metrics["models"], key=lambda name: metrics["models"][name]["valid_auc"])
+    assert metrics["candidate"] == best_valid  # chosen on validation, not test
+    assert "RelaImpr" in (run_dir / "comparison.md").read_text()
+    # LMN's trained model carries its memory as shard files with a manifest.
+    lmn_dirs = [p for p in (run_dir / "kfp").rglob("train-model/model") if (p / "memory").is_dir()]
+    assert len(lmn_dirs) == 1 and (lmn_dirs[0] / "memory" / "manifest.json").is_file()
     assert summary.decision == "promote"
     pointer = ModelRegistry(registry).production("ml-100k")
     assert pointer["tag"] == summary.production_tag
@@ -81,7 +89,7 @@ def test_second_run_is_compared_against_production(local_pipeline_run, tiny_para
     summary, registry = local_pipeline_run
     before = ModelRegistry(registry).production("ml-100k")
     # Demand a lift no model can reach: the gate must reject and production must stay where it was.
-    params = tiny_params.model_copy(update={"min_auc_lift": 0.5})
+    params = tiny_params.model_copy(update={"min_auc_lift": 0.5, "models": ["din"]})
     second = run_local(params, tmp_path / "runs", registry_dir=registry)
     assert second.status == "succeeded" and second.decision == "reject"
     assert "production" in second.comparison_md and "rescored" in second.comparison_md

@@ -8,11 +8,17 @@ from typing import Any
 from longrec.data.schema import FeatureSpec
 from longrec.models.base import CTRModel
 from longrec.models.din import DIN, DINConfig
+from longrec.models.imn import IMN, IMNConfig
+from longrec.models.lmn import LMN, LMNConfig
+from longrec.models.recblr import RecBLR, RecBLRConfig
 
 __all__ = ["MODEL_REGISTRY", "available_models", "build_model", "model_config_from_dict", "register_model"]
 
 MODEL_REGISTRY: dict[str, tuple[type, type[CTRModel]]] = {
     DIN.name: (DINConfig, DIN),
+    LMN.name: (LMNConfig, LMN),
+    IMN.name: (IMNConfig, IMN),
+    RecBLR.name: (RecBLRConfig, RecBLR),
 }
 
 

@@ -1,0 +1,1 @@
+"""Experiment entry points (CLI sub-apps) built on the library."""

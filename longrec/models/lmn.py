@@ -1,0 +1,294 @@
+"""LMN: Large Memory Network (WWW 2025 companion) on a DIN backbone, docs/MODELS.md section 4.
+
+One global product-key memory shared by all users. A user-aware query per item (item half → rows, user
+half → columns) selects K slots by the two-axis activation; reads m_j for the last history items and m_t
+for the target go into the DIN head as [m_t, pool(m_j)]. A Smooth-L1 memory loss pulls each m_j towards
+the stop-gradient target τ_j = T([e_j ; g(user)]), writing the history with user information into the
+value slots. Loss = BCE + λ·L_mem. Dense parameters train with Adam, the value table with SparseAdam.
+
+Choices the paper leaves open (each a switch): T is a fixed orthogonal projection (a stop-gradient target
+gives T no gradient, so it would stay at its initialisation anyway); only the last
+``memory_history_reads`` valid history items are read (reads cost B·n queries per batch; None = all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longrec.data.schema import FeatureSpec
+from longrec.memory import (
+    QUERY_VARIANTS,
+    MemoryConfig,
+    ProductKeyMemory,
+    ShardedMemory,
+    UserAwareQuery,
+    load_memory_shards,
+    save_memory_shards,
+)
+from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding
+from longrec.models.din import ActivationUnit
+
+__all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
+
+MEMORY_DIR = "memory"  # sub-folder of a model folder that holds the memory shards
+USER_FEATURE_MODES = ("id+side", "id", "side")
+MEMORY_POOLS = ("mean", "attention")
+
+
+@dataclass
+class LMNConfig:
+    """LMN hyper-parameters; defaults train one ML-100k (L=50) epoch in about a minute on 2 cores."""
+
+    # DIN backbone (same meaning and defaults as DINConfig)
+    embedding_dim: int = 32
+    attention_hidden: tuple[int, ...] = (80, 40)
+    head_hidden: tuple[int, ...] = (200, 80)
+    activation: str = "dice"
+    use_side_features: bool = True  # genre / age / gender / occupation embeddings into the head
+    side_embedding_dim: int = 8
+    embedding_init_std: float = 0.05
+    dropout: float = 0.0
+    # memory
+    memory_slots: int = 65_536  # n = r² slots (r = 256); 1,048,576 for the paper-scale run
+    memory_top_k: int = 16  # K slots per read (and per axis); the paper's scale uses 32
+    memory_key_dim: int = 64  # d_k; each sub-key half is d_k/2
+    memory_value_dim: int = 32  # d_v
+    memory_heads: int = 1
+    query_variant: str = "split"  # "split": q = [W_i e ; W_u g]; "joint": W [e ; g] cut in two
+    user_features: str = "id+side"  # g(user): "id+side" | "id" | "side" (age, gender, occupation)
+    user_embedding_dim: int = 16  # width of each user-feature embedding in g
+    memory_loss_weight: float = 0.1  # λ in BCE + λ·L_mem (the paper does not give it)
+    # Read the last n valid history items (None = every one). 5 keeps an ML-100k epoch near DIN's cost;
+    # the reduced experiments in benchmarks/results used 5 as well.
+    memory_history_reads: int | None = 5
+    memory_pool: str = "mean"  # pool of m_j into the head: masked "mean" or DIN "attention" weights
+    memory_lr: float | None = None  # SparseAdam lr of the value table; None = the trainer's lr
+    memory_backend: str = "auto"  # "auto" (Triton on CUDA, torch on CPU) | "reference" | "triton"
+    memory_shards: int = 4  # shards written by export_artifacts
+
+    def __post_init__(self) -> None:
+        self.attention_hidden = tuple(self.attention_hidden)
+        self.head_hidden = tuple(self.head_hidden)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.query_variant not in QUERY_VARIANTS:
+            raise ValueError(f"query_variant must be one of {QUERY_VARIANTS}, got {self.query_variant!r}")
+        if self.user_features not in USER_FEATURE_MODES:
+            raise ValueError(f"user_features must be one of {USER_FEATURE_MODES}, got {self.user_features!r}")
+        if self.memory_pool not in MEMORY_POOLS:
+            raise ValueError(f"memory_pool must be one of {MEMORY_POOLS}, got {self.memory_pool!r}")
+        if self.memory_history_reads is not None and self.memory_history_reads < 1:
+            raise ValueError("memory_history_reads must be >= 1 or None (all)")
+        if self.memory_loss_weight < 0:
+            raise ValueError("memory_loss_weight must be >= 0")
+        if self.memory_shards < 1:
+            raise ValueError("memory_shards must be >= 1")
+        self.memory_config()  # validates slots / K / widths
+
+    def memory_config(self) -> MemoryConfig:
+        """The ``MemoryConfig`` these settings describe."""
+        return MemoryConfig(
+            slots=self.memory_slots,
+            key_dim=self.memory_key_dim,
+            value_dim=self.memory_value_dim,
+            top_k=self.memory_top_k,
+            heads=self.memory_heads,
+        )
+
+
+class UserFeatures(nn.Module):
+    """g(user): concatenated embeddings of user_id and/or age, gender, occupation: [B, output_dim]."""
+
+    SIDE = ("user_age", "user_gender", "user_occupation")
+
+    def __init__(self, spec: FeatureSpec, dim: int, mode: str) -> None:
+        super().__init__()
+        vocab = {**spec.side_vocab(), "user_id": spec.n_users}
+        self.features = (("user_id",) if "id" in mode else ()) + (self.SIDE if "side" in mode else ())
+        self.tables = nn.ModuleDict({name: nn.Embedding(vocab[name], dim) for name in self.features})
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=0.05)
+        self.output_dim = dim * len(self.features)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return torch.cat([self.tables[name](batch[name]) for name in self.features], dim=-1)
+
+
+class LMN(CTRModel):
+    """DIN backbone plus a million-slot-capable product-key memory read for history items and target."""
+
+    name: ClassVar[str] = "lmn"
+    config_class: ClassVar[type] = LMNConfig
+
+    def __init__(self, spec: FeatureSpec, config: LMNConfig | None = None) -> None:
+        config = config if config is not None else LMNConfig()
+        super().__init__(spec, config)
+        d = config.embedding_dim
+        self.item_embedding = nn.Embedding(spec.n_items, d, padding_idx=0)
+        nn.init.normal_(self.item_embedding.weight, std=config.embedding_init_std)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
+        self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
+        self.user = UserFeatures(spec, config.user_embedding_dim, config.user_features)
+        memory_config = config.memory_config()
+        self.memory = ProductKeyMemory(memory_config, sparse=True, backend=config.memory_backend)  # type: ignore[arg-type]
+        self.query = UserAwareQuery(
+            d, self.user.output_dim, config.memory_key_dim, config.memory_heads, config.query_variant
+        )
+        # τ = T([e; g]); fixed because the loss stops its gradient (a buffer: no optimiser state).
+        projection = torch.empty(config.memory_value_dim, d + self.user.output_dim)
+        nn.init.orthogonal_(projection)
+        self.register_buffer("memory_target_projection", projection)
+        dv = config.memory_value_dim
+        self.head = MLP(
+            3 * d + self.side.output_dim + 2 * dv,
+            config.head_hidden,
+            config.activation,
+            output_dim=1,
+            dropout=config.dropout,
+        )
+        self.sharded_memory: ShardedMemory | None = None
+        self._memory_loss: Tensor | None = None
+
+    # -- memory reads ---------------------------------------------------------------------------------
+    def read_positions(self, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions [B, n] of the last n valid history items and their validity (histories right-padded)."""
+        length = mask.shape[1]
+        n = (
+            length
+            if self.config.memory_history_reads is None
+            else min(self.config.memory_history_reads, length)
+        )
+        lengths = mask.sum(1, keepdim=True)
+        positions = lengths - n + torch.arange(n, device=mask.device)
+        valid = positions >= 0
+        positions = positions.clamp_min(0)
+        return positions, valid & mask.gather(1, positions)
+
+    def _memory(self) -> ProductKeyMemory | ShardedMemory:
+        # A deployed (sharded) memory serves eval-mode reads; training always uses the trainable table.
+        if self.sharded_memory is not None and not self.training:
+            return self.sharded_memory
+        return self.memory
+
+    def read_memory(self, items: Tensor, owners: Tensor, item_vectors: Tensor, users: Tensor) -> Tensor:
+        """Reads [N, d_v] for item ids [N] of batch rows ``owners`` [N], given their embeddings and g."""
+        memory = self._memory()
+        if self.config.query_variant == "split":
+            # The row half depends on the item alone and the column half on the user alone: take each
+            # axis' top-K once per distinct item / per batch row, then index (B·n reads share them).
+            unique_items, inverse = torch.unique(items, return_inverse=True)
+            row_top, row_idx = memory.row_topk(self.query.row_query(self.item_embedding(unique_items)))
+            col_top, col_idx = memory.col_topk(self.query.col_query(users))
+            return memory.read_topk(row_top[inverse], row_idx[inverse], col_top[owners], col_idx[owners])[0]
+        row_query, col_query = self.query(item_vectors, users[owners])
+        return memory(row_query, col_query)
+
+    # -- model ----------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        mask = batch["history_mask"]
+        history = self.item_embedding(batch["history_items"])  # [B, L, d]
+        target = self.item_embedding(batch["target_item"])  # [B, d]
+        weights = self.attention(history, target, mask).masked_fill(~mask, 0.0)
+        interest = torch.bmm(weights.unsqueeze(1), history).squeeze(1)
+        users = self.user(batch)  # g(user): [B, d_g]
+
+        positions, read_valid = self.read_positions(mask)  # [B, n]
+        rows, cols = read_valid.nonzero(as_tuple=True)  # only valid reads are computed
+        read_items = batch["history_items"].gather(1, positions)[rows, cols]
+        read_vectors = history.gather(1, positions.unsqueeze(-1).expand(-1, -1, history.shape[-1]))[
+            rows, cols
+        ]
+        size = target.shape[0]
+        batch_rows = torch.arange(size, device=target.device)
+        reads = self.read_memory(
+            torch.cat([read_items, batch["target_item"]]),
+            torch.cat([rows, batch_rows]),
+            torch.cat([read_vectors, target]),
+            users,
+        )
+        history_reads, target_read = reads[: len(rows)], reads[len(rows) :]
+
+        dv = self.config.memory_value_dim
+        if self.config.memory_pool == "mean":
+            pool_weight = torch.ones(len(rows), device=target.device, dtype=reads.dtype)
+            count = read_valid.sum(1).clamp_min(1).to(reads.dtype)
+            pool_weight = pool_weight / count[rows]
+        else:
+            pool_weight = weights.gather(1, positions)[rows, cols]
+        pooled = reads.new_zeros(size, dv).index_add_(0, rows, history_reads * pool_weight.unsqueeze(-1))
+
+        # Kept for loss(): the trainer calls loss(batch, logits) right after this forward.
+        self._memory_loss = (
+            self._memory_objective(history_reads, read_vectors, users[rows]) if self.training else None
+        )
+        head_input = torch.cat(
+            [interest, target, interest * target, self.side(batch), target_read, pooled], -1
+        )
+        return self.head(head_input).squeeze(-1)
+
+    def _memory_objective(self, reads: Tensor, item_vectors: Tensor, users: Tensor) -> Tensor:
+        """Mean Smooth-L1 between reads [N, d_v] and their stop-gradient targets T([e ; g])."""
+        if reads.shape[0] == 0:
+            return reads.sum() * 0.0
+        goal = F.linear(torch.cat([item_vectors, users], dim=-1), self.memory_target_projection)
+        return F.smooth_l1_loss(reads, goal.detach())
+
+    def memory_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """L_mem = mean Smooth-L1(m_j, stop_grad(τ_j)) over the valid history reads of ``batch``."""
+        if self._memory_loss is not None:
+            return self._memory_loss
+        # No cached term (an eval-mode forward came last): read the history again, without the head.
+        mask = batch["history_mask"]
+        positions, read_valid = self.read_positions(mask)
+        rows, cols = read_valid.nonzero(as_tuple=True)
+        items = batch["history_items"].gather(1, positions)[rows, cols]
+        vectors = self.item_embedding(items)
+        users = self.user(batch)
+        reads = self.read_memory(items, rows, vectors, users)
+        return self._memory_objective(reads, vectors, users[rows])
+
+    def loss(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
+        """BCE + λ·L_mem (the memory term from the training forward that produced ``logits``)."""
+        bce = super().loss(batch, logits)
+        if self.config.memory_loss_weight == 0:
+            return bce
+        return bce + self.config.memory_loss_weight * self.memory_loss(batch)
+
+    def build_optimizers(self, lr: float, weight_decay: float = 0.0) -> list[torch.optim.Optimizer]:
+        """Adam on the dense parameters, SparseAdam on the value table (only read rows get updates)."""
+        values = self.memory.values.weight
+        dense = [p for p in self.parameters() if p is not values]
+        memory_lr = self.config.memory_lr if self.config.memory_lr is not None else lr
+        return [
+            torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay),
+            torch.optim.SparseAdam([values], lr=memory_lr),
+        ]
+
+    # -- deployment -----------------------------------------------------------------------------------
+    def export_artifacts(self, model_dir: str | Path, n_shards: int | None = None) -> Path:
+        """Write the memory as shard files + manifest under ``model_dir/memory``; returns the manifest."""
+        shards = n_shards if n_shards is not None else self.config.memory_shards
+        return save_memory_shards(self.memory, Path(model_dir) / MEMORY_DIR, shards)
+
+    def attach_memory_shards(self, directory: str | Path) -> ShardedMemory:
+        """Serve eval-mode reads from the shard folder ``directory`` (checked against its manifest)."""
+        sharded = load_memory_shards(directory)
+        if sharded.config != self.memory.config:
+            raise ValueError(
+                f"memory shards in {directory} have {sharded.config}, model has {self.memory.config}"
+            )
+        self.sharded_memory = sharded
+        return sharded
+
+    def memory_bytes(self) -> int:
+        """Bytes of the value table (the part that is sharded)."""
+        weight = self.memory.values.weight
+        return weight.numel() * weight.element_size()

@@ -1,0 +1,211 @@
+"""LMN: shapes, padding invariance, memory loss, optimisers, smoke training, checkpoints and shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from longrec.data.schema import FeatureSpec
+from longrec.data.tensors import synthetic_sample_set
+from longrec.memory import MemoryShardError
+from longrec.models.lmn import LMN, MEMORY_DIR
+from longrec.models.registry import available_models, build_model
+from longrec.train.trainer import (
+    TrainConfig,
+    evaluate_model,
+    load_checkpoint,
+    save_checkpoint,
+    set_seed,
+    train_model,
+)
+
+SPEC = FeatureSpec(
+    n_users=20, n_items=41, n_genres=4, n_ages=3, n_genders=3, n_occupations=5, max_history_length=6
+)
+TINY = {
+    "embedding_dim": 8,
+    "attention_hidden": (8, 4),
+    "head_hidden": (8, 4),
+    "side_embedding_dim": 4,
+    "user_embedding_dim": 4,
+    "memory_slots": 64,
+    "memory_top_k": 3,
+    "memory_key_dim": 8,
+    "memory_value_dim": 6,
+    "memory_history_reads": 4,
+}
+
+
+def tiny_batch(size: int = 6, seed: int = 0) -> dict[str, Tensor]:
+    samples = synthetic_sample_set(SPEC, size, seed=seed, n_clusters=4)
+    return {key: value.clone() for key, value in samples.tensors.items()}
+
+
+def pad_more(batch: dict[str, Tensor], extra: int, seed: int = 1) -> dict[str, Tensor]:
+    """Append ``extra`` padded positions holding random items under mask False."""
+    gen = torch.Generator().manual_seed(seed)
+    size = batch["history_items"].shape[0]
+    padded = dict(batch)
+    junk = torch.randint(1, SPEC.n_items, (size, extra), generator=gen)
+    padded["history_items"] = torch.cat([batch["history_items"], junk], dim=1)
+    buckets = torch.randint(1, SPEC.n_time_buckets, (size, extra), generator=gen)
+    padded["history_time_buckets"] = torch.cat([batch["history_time_buckets"], buckets], dim=1)
+    padded["history_mask"] = torch.cat([batch["history_mask"], torch.zeros(size, extra, dtype=torch.bool)], 1)
+    return padded
+
+
+def scramble_padding(batch: dict[str, Tensor], seed: int = 2) -> dict[str, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    scrambled = dict(batch)
+    mask = batch["history_mask"]
+    scrambled["history_items"] = torch.where(
+        mask, batch["history_items"], torch.randint(1, SPEC.n_items, mask.shape, generator=gen)
+    )
+    return scrambled
+
+
+def make_lmn(**overrides: object) -> LMN:
+    torch.manual_seed(0)
+    model = build_model("lmn", SPEC, {**TINY, **overrides})
+    assert isinstance(model, LMN)
+    return model
+
+
+@pytest.mark.parametrize("variant", ["split", "joint"])
+@pytest.mark.parametrize("pool", ["mean", "attention"])
+def test_forward_shape_and_finite(variant: str, pool: str) -> None:
+    batch = tiny_batch()
+    logits = make_lmn(query_variant=variant, memory_pool=pool)(batch)
+    assert logits.shape == (6,) and torch.isfinite(logits).all()
+    assert not batch["history_mask"].all()
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize(("variant", "reads"), [("split", 4), ("joint", None), ("split", None)])
+def test_padding_never_changes_output(training: bool, variant: str, reads: int | None) -> None:
+    model = make_lmn(query_variant=variant, memory_history_reads=reads)
+    model.train(training)
+    batch = tiny_batch()
+    with torch.no_grad():
+        base = model(batch)
+        loss = model.loss(batch, base) if training else None
+        padded = pad_more(batch, 5)
+        torch.testing.assert_close(model(padded), base)
+        if training:
+            torch.testing.assert_close(model.loss(padded, base), loss)
+        torch.testing.assert_close(model(scramble_padding(batch)), base)
+
+
+def test_reads_cover_last_valid_items() -> None:
+    model = make_lmn(memory_history_reads=2)
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    positions, valid = model.read_positions(mask)
+    assert positions[0].tolist() == [1, 2] and valid[0].tolist() == [True, True]
+    assert valid[1].tolist() == [False, True] and positions[1, 1] == 0
+
+
+def test_memory_loss_moves_only_the_selected_value_rows() -> None:
+    model = make_lmn()
+    model.train()
+    selected: list[Tensor] = []
+    read_topk = model.memory.read_topk
+
+    def recording(*args: Tensor):
+        out = read_topk(*args)
+        selected.append(out[1])
+        return out
+
+    model.memory.read_topk = recording  # type: ignore[method-assign]
+    batch = tiny_batch()
+    model(batch)
+    n_history_reads = int(model.read_positions(batch["history_mask"])[1].sum())
+    history_slots = set(selected[0][:n_history_reads].flatten().tolist())
+    model.memory_loss(batch).backward()
+    grad = model.memory.values.weight.grad.coalesce()
+    rows = grad.indices()[0][grad.values().abs().sum(-1) > 0]
+    assert set(rows.tolist()) == history_slots
+    assert len(history_slots) < model.config.memory_slots  # the test means something
+    # Stop-gradient target: the fixed projection T is a buffer and gets nothing.
+    assert "memory_target_projection" in dict(model.named_buffers())
+
+    # One optimiser step on the memory loss changes exactly those value rows.
+    model = make_lmn()
+    model.train()
+    before = model.memory.values.weight.detach().clone()
+    optimizers = model.build_optimizers(1e-2)
+    for optimizer in optimizers:
+        optimizer.zero_grad()
+    model(batch)
+    model.memory_loss(batch).backward()
+    optimizers[1].step()
+    changed = (model.memory.values.weight.detach() != before).any(-1).nonzero().squeeze(-1)
+    assert set(changed.tolist()) == history_slots
+
+
+def test_loss_is_bce_plus_lambda_memory_loss() -> None:
+    model = make_lmn(memory_loss_weight=0.5)
+    model.train()
+    batch = tiny_batch()
+    logits = model(batch)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["label"])
+    torch.testing.assert_close(model.loss(batch, logits), bce + 0.5 * model.memory_loss(batch))
+
+
+def test_optimizers_split_dense_and_sparse() -> None:
+    model = make_lmn()
+    adam, sparse = model.build_optimizers(1e-3)
+    assert isinstance(adam, torch.optim.Adam) and isinstance(sparse, torch.optim.SparseAdam)
+    dense_ids = {id(p) for group in adam.param_groups for p in group["params"]}
+    assert id(model.memory.values.weight) not in dense_ids
+    assert len(dense_ids) + 1 == len(list(model.parameters()))
+
+
+def test_one_epoch_smoke_training_learns() -> None:
+    train = synthetic_sample_set(SPEC, 1024, seed=0, n_clusters=4)
+    valid = synthetic_sample_set(SPEC, 256, seed=100, n_clusters=4)
+    set_seed(0)
+    model = build_model("lmn", SPEC, {**TINY, "embedding_init_std": 0.5})
+    before = evaluate_model(model, train)
+    result = train_model(model, train, valid, TrainConfig(epochs=1, batch_size=16, lr=3e-2, progress=False))
+    after = evaluate_model(model, train)
+    assert after["logloss"] < before["logloss"] - 0.05
+    assert result.history[0]["valid"]["auc"] > 0.6
+
+
+def test_checkpoint_and_memory_shards_roundtrip(tmp_path) -> None:
+    model = make_lmn()
+    model.train()
+    model(tiny_batch(8))  # move Dice running statistics
+    model.eval()
+    batch = tiny_batch(4, seed=3)
+    path = save_checkpoint(tmp_path / "model.pt", model)
+    torch.load(path, weights_only=True)
+    loaded, _ = load_checkpoint(path)
+    expected = model(batch)
+    torch.testing.assert_close(loaded(batch), expected, rtol=0, atol=0)
+
+    manifest = model.export_artifacts(tmp_path, n_shards=3)
+    assert manifest.parent == tmp_path / MEMORY_DIR
+    loaded.attach_memory_shards(tmp_path / MEMORY_DIR)
+    assert loaded.sharded_memory is not None and loaded.sharded_memory.n_shards == 3
+    torch.testing.assert_close(loaded(batch), expected)
+    (tmp_path / MEMORY_DIR / "values-00000-of-00003.safetensors").write_bytes(b"junk")
+    with pytest.raises(MemoryShardError, match="memory shard 0"):
+        loaded.attach_memory_shards(tmp_path / MEMORY_DIR)
+
+
+def test_registry_and_config_validation() -> None:
+    assert "lmn" in available_models()
+    with pytest.raises(ValueError, match="perfect square"):
+        build_model("lmn", SPEC, {**TINY, "memory_slots": 65})
+    with pytest.raises(ValueError, match="query_variant"):
+        build_model("lmn", SPEC, {**TINY, "query_variant": "x"})
+    with pytest.raises(ValueError, match="memory_history_reads"):
+        build_model("lmn", SPEC, {**TINY, "memory_history_reads": 0})
+
+
+@pytest.mark.parametrize("mode", ["id", "side"])
+def test_user_feature_switch_and_no_side_features(mode: str) -> None:
+    model = make_lmn(user_features=mode, use_side_features=False)
+    assert torch.isfinite(model(tiny_batch())).all()
