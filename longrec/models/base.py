@@ -51,6 +51,16 @@ class CTRModel(nn.Module, abc.ABC):
         return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)]
 
 
+def padded_embedding(rows: int, dim: int, std: float, padding: bool = True) -> nn.Embedding:
+    """An N(0, std) embedding table whose row 0 (padding / unknown) is zero and receives no gradient."""
+    table = nn.Embedding(rows, dim, padding_idx=0 if padding else None)
+    nn.init.normal_(table.weight, std=std)
+    if padding:
+        with torch.no_grad():
+            table.weight[0].zero_()
+    return table
+
+
 class SideFeatureEmbedding(nn.Module):
     """Embeds the ``SIDE_FEATURES`` columns of a batch and concatenates them: [B, n_features * dim].
 

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.schema import FeatureSpec
-from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, make_activation
+from longrec.models.base import (
+    ACTIVATIONS,
+    MLP,
+    CTRModel,
+    SideFeatureEmbedding,
+    make_activation,
+    padded_embedding,
+)
 
 __all__ = ["DIN", "DINConfig", "ActivationUnit"]
 
@@ -90,16 +97,10 @@ class DIN(CTRModel):
         super().__init__(spec, config)
         d = config.embedding_dim
         # One table for history and target items; row 0 is padding and stays zero.
-        self.item_embedding = nn.Embedding(spec.n_items, d, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=config.embedding_init_std)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.item_embedding = padded_embedding(spec.n_items, d, config.embedding_init_std)
         self.time_embedding: nn.Embedding | None = None
         if config.use_time_buckets:
-            self.time_embedding = nn.Embedding(spec.n_time_buckets, d, padding_idx=0)
-            nn.init.normal_(self.time_embedding.weight, std=config.embedding_init_std)
-            with torch.no_grad():
-                self.time_embedding.weight[0].zero_()
+            self.time_embedding = padded_embedding(spec.n_time_buckets, d, config.embedding_init_std)
         self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
         self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
         self.head = MLP(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.schema import FeatureSpec
-from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding
+from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
 
 __all__ = ["IMN", "IMNConfig", "MultiWayAttention", "history_positions"]
 
@@ -174,12 +174,7 @@ class IMN(CTRModel):
         )
 
     def _table(self, rows: int, dim: int, padding: bool = False) -> nn.Embedding:
-        table = nn.Embedding(rows, dim, padding_idx=0 if padding else None)
-        nn.init.normal_(table.weight, std=self.config.embedding_init_std)
-        if padding:
-            with torch.no_grad():
-                table.weight[0].zero_()
-        return table
+        return padded_embedding(rows, dim, self.config.embedding_init_std, padding=padding)
 
     def embed_history(self, batch: dict[str, Tensor]) -> Tensor:
         """e_j = item + time bucket + position embedding: [B, L, d] (padded rows are masked later)."""

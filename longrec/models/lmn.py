@@ -31,7 +31,7 @@ from longrec.memory import (
     load_memory_shards,
     save_memory_shards,
 )
-from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding
+from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
 from longrec.models.din import ActivationUnit
 
 __all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
@@ -130,10 +130,7 @@ class LMN(CTRModel):
         config = config if config is not None else LMNConfig()
         super().__init__(spec, config)
         d = config.embedding_dim
-        self.item_embedding = nn.Embedding(spec.n_items, d, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=config.embedding_init_std)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.item_embedding = padded_embedding(spec.n_items, d, config.embedding_init_std)
         self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
         self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
         self.user = UserFeatures(spec, config.user_embedding_dim, config.user_features)

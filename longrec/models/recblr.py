@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from longrec.data.schema import FeatureSpec
 from longrec.kernels.scan import linear_scan
-from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding
+from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
 from longrec.models.sequential import SequentialRecommender, register_sequential_model
 
 __all__ = [
@@ -148,10 +148,7 @@ class RecBLREncoder(nn.Module):
         scan_backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.item_embedding = nn.Embedding(n_items, dim, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=embedding_init_std)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.item_embedding = padded_embedding(n_items, dim, embedding_init_std)
         self.embedding_norm = nn.LayerNorm(dim)
         self.embedding_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
@@ -242,10 +239,7 @@ class RecBLR(CTRModel):
         )
         self.time_embedding: nn.Embedding | None = None
         if config.use_time_buckets:
-            self.time_embedding = nn.Embedding(spec.n_time_buckets, d, padding_idx=0)
-            nn.init.normal_(self.time_embedding.weight, std=config.embedding_init_std)
-            with torch.no_grad():
-                self.time_embedding.weight[0].zero_()
+            self.time_embedding = padded_embedding(spec.n_time_buckets, d, config.embedding_init_std)
         self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
         self.head = MLP(3 * d + self.side.output_dim, config.head_hidden, config.activation, output_dim=1)
 
