@@ -214,3 +214,31 @@ def test_register_model_moves_production_pointer(work, evaluated, events):
     pointer = registry.production("ml-100k")
     assert pointer["tag"] == tag and tag.startswith("longrec-ml-100k-din:")
     assert (registry.model_path(tag) / "model.pt").is_file()
+
+
+def test_train_next_item_and_summary(work):
+    from components.summarize_next_item import summarize_next_item
+    from components.train_next_item import train_next_item
+
+    results = []
+    for model_name in ("recblr", "sasrec"):
+        metrics = artifact(dsl.Metrics, work / f"ni-metrics-{model_name}")
+        result = artifact(dsl.Artifact, work / f"ni-result-{model_name}")
+        train_next_item.python_func(
+            dataset="ml-100k",
+            model_name=model_name,
+            max_history_length=8,
+            epochs=1,
+            seeds="0,1",
+            min_core=5,
+            max_users=40,
+            metrics=metrics,
+            result=result,
+        )
+        assert 0.0 <= metrics.metadata["test_hr@10_mean"] <= 1.0
+        assert json.loads(open(result.path + "/result.json").read())["model"] == model_name
+        results.append(result)
+    table = artifact(dsl.Markdown, work / "ni-table.md")
+    summarize_next_item.python_func(results=results, table=table)
+    text = open(table.path).read()
+    assert "| recblr | 0,1 |" in text and "| sasrec | 0,1 |" in text
