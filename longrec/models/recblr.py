@@ -156,6 +156,23 @@ class RecBLREncoder(nn.Module):
             for _ in range(n_layers)
         )
 
+    @classmethod
+    def from_config(cls, n_items: int, config) -> RecBLREncoder:
+        """The encoder of a RecBLR config (the CTR and the next-item configs share these fields)."""
+        return cls(
+            n_items,
+            config.embedding_dim,
+            config.n_layers,
+            config.expansion,
+            config.conv_kernel,
+            config.dropout,
+            config.decay_min,
+            config.decay_max,
+            config.mask_padding,
+            config.embedding_init_std,
+            config.scan_backend,
+        )
+
     def forward(self, items: Tensor, mask: Tensor, extra: Tensor | None = None) -> Tensor:
         """Hidden states [B, L, d] for items [B, L]; ``extra`` [B, L, d] is added to the item embeddings."""
         x, time_mask = self._embed(items, mask, extra)
@@ -224,19 +241,7 @@ class RecBLR(CTRModel):
         config = config if config is not None else RecBLRConfig()
         super().__init__(spec, config)
         d = config.embedding_dim
-        self.encoder = RecBLREncoder(
-            spec.n_items,
-            d,
-            config.n_layers,
-            config.expansion,
-            config.conv_kernel,
-            config.dropout,
-            config.decay_min,
-            config.decay_max,
-            config.mask_padding,
-            config.embedding_init_std,
-            config.scan_backend,
-        )
+        self.encoder = RecBLREncoder.from_config(spec.n_items, config)
         self.time_embedding: nn.Embedding | None = None
         if config.use_time_buckets:
             self.time_embedding = padded_embedding(spec.n_time_buckets, d, config.embedding_init_std)
@@ -292,19 +297,7 @@ class RecBLRNextItem(SequentialRecommender):
     ) -> None:
         config = config if config is not None else RecBLRNextItemConfig()
         super().__init__(n_items, max_history_length, config)
-        self.encoder = RecBLREncoder(
-            n_items,
-            config.embedding_dim,
-            config.n_layers,
-            config.expansion,
-            config.conv_kernel,
-            config.dropout,
-            config.decay_min,
-            config.decay_max,
-            config.mask_padding,
-            config.embedding_init_std,
-            config.scan_backend,
-        )
+        self.encoder = RecBLREncoder.from_config(n_items, config)
         self.item_embedding = self.encoder.item_embedding
 
     def encode(self, items: Tensor, mask: Tensor) -> Tensor:
