@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import padding_helpers
 import pytest
 import torch
 from torch import Tensor
@@ -22,22 +23,11 @@ TINY = {"embedding_dim": 8, "attention_hidden": 8, "head_hidden": (8, 4), "side_
 
 
 def tiny_batch(size: int = 4, seed: int = 0) -> dict[str, Tensor]:
-    """A batch with histories of different lengths (1..L valid positions)."""
-    samples = synthetic_sample_set(SPEC, size, seed=seed, n_clusters=4)
-    return {key: value.clone() for key, value in samples.tensors.items()}
+    return padding_helpers.tiny_batch(SPEC, size, seed)
 
 
 def pad_more(batch: dict[str, Tensor], extra: int, seed: int = 1) -> dict[str, Tensor]:
-    """Append ``extra`` padded positions holding random items and buckets under mask False."""
-    gen = torch.Generator().manual_seed(seed)
-    size = batch["history_items"].shape[0]
-    padded = dict(batch)
-    items = torch.randint(1, SPEC.n_items, (size, extra), generator=gen)
-    buckets = torch.randint(1, SPEC.n_time_buckets, (size, extra), generator=gen)
-    padded["history_items"] = torch.cat([batch["history_items"], items], dim=1)
-    padded["history_time_buckets"] = torch.cat([batch["history_time_buckets"], buckets], dim=1)
-    padded["history_mask"] = torch.cat([batch["history_mask"], torch.zeros(size, extra, dtype=torch.bool)], 1)
-    return padded
+    return padding_helpers.pad_more(SPEC, batch, extra, seed)
 
 
 def scramble_padding(batch: dict[str, Tensor], seed: int = 2) -> dict[str, Tensor]:
