@@ -1,11 +1,15 @@
-"""The BD-LRU scan: torch CPU version and Triton kernel (interpreter on CPU) against the serial reference."""
+"""The BD-LRU scan: the C++ CPU kernel, the pure-torch version and the Triton kernel (interpreter on CPU)
+against the serial reference."""
 
 import pytest
 import torch
 
-from longrec.kernels.scan import linear_scan, scan_reference, triton_available
+from longrec.kernels import scan as scan_module
+from longrec.kernels.scan import cpu_kernel_available, linear_scan, scan_reference, triton_available
 
 LENGTHS = (1, 7, 100, 257)
+# Both CPU versions must agree with the reference; "cpu" is the compiled kernel (the CPU default).
+CPU_BACKENDS = ("torch", "cpu")
 
 
 def _inputs(shape, dtype=torch.float32, low=0.5, seed=0):
@@ -22,51 +26,98 @@ def _values_and_grads(fn, a, beta):
     return h, grad_a, grad_beta
 
 
+def test_cpu_kernel_builds_here():
+    # The machines this project runs on have a compiler: a silent fallback would hide a broken kernel.
+    assert cpu_kernel_available(), scan_module._cpu_state.get("error")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("dim", (0, 1))
-def test_torch_scan_matches_reference(length, dim):
+def test_cpu_scans_match_reference(backend, length, dim):
     shape = (length, 3, 5) if dim == 0 else (3, length, 5)
     a, beta = _inputs(shape)
     expected = _values_and_grads(lambda a, b: scan_reference(a, b, dim), a, beta)
-    got = _values_and_grads(lambda a, b: linear_scan(a, b, dim, backend="torch"), a, beta)
+    got = _values_and_grads(lambda a, b: linear_scan(a, b, dim, backend=backend), a, beta)
     for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dim", (0, 1))
-def test_torch_scan_gradcheck_float64(dim):
+def test_cpu_scans_gradcheck_float64(backend, dim):
     a, beta = _inputs((4, 6, 3) if dim == 1 else (6, 4, 3), torch.float64)
-    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, dim, backend="torch"), (a, beta))
+    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, dim, backend=backend), (a, beta))
 
 
-def test_torch_scan_long_sequence_is_stable():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_scans_long_sequence_is_stable(backend):
     # L = 4096 with a ≈ 0.9: products over the sequence underflow; the step-wise scan never forms them.
     a, beta = _inputs((2, 4096, 4), torch.float32, low=0.89)
     with torch.no_grad():
         expected = scan_reference(a.double(), beta.double(), 1)
-        got = linear_scan(a, beta, 1, backend="torch")
+        got = linear_scan(a, beta, 1, backend=backend)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_torch_scan_bfloat16_accumulates_in_float32():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cpu_scans_bfloat16_accumulate_in_float32(backend):
     a, beta = _inputs((2, 300, 4), torch.float32, low=0.9)
     with torch.no_grad():
         expected = scan_reference(a.double(), beta.double(), 1)
-        got = linear_scan(a.bfloat16(), beta.bfloat16(), 1, backend="torch")
+        got = linear_scan(a.bfloat16(), beta.bfloat16(), 1, backend=backend)
     assert got.dtype == torch.bfloat16
     # Only input/output rounding (bf16: ~3 significant digits), no error growth over 300 steps.
     torch.testing.assert_close(got.double(), expected, rtol=2e-2, atol=6e-2)
 
 
-def test_auto_backend_uses_torch_on_cpu():
+@pytest.mark.parametrize(
+    ("shape", "dim", "dtype"),
+    [
+        ((300, 8192), 0, torch.float32),
+        ((300, 8191), 0, torch.float32),
+        ((16, 300, 512), 1, torch.float32),
+        ((300, 4096), 0, torch.float64),
+    ],
+    ids=["time-major", "time-major-unaligned-rows", "batch-first", "float64"],
+)
+def test_cpu_kernel_streaming_stores_on_large_outputs(shape, dim, dtype):
+    # ≥ 8 MiB outputs take the streaming-store path; 8191 channels misalign every other row.
+    a, beta = _inputs(shape, dtype, low=0.8)
+    grad = torch.randn(a.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    got = linear_scan(a, beta, dim, backend="cpu")
+    expected = linear_scan(a, beta, dim, backend="torch")
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    got_grads = torch.autograd.grad(got, (a, beta), grad)
+    expected_grads = torch.autograd.grad(expected, (a, beta), grad)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_backend_uses_the_cpu_kernel_on_cpu(monkeypatch):
+    a, beta = _inputs((2, 5, 3))
+    calls = []
+    monkeypatch.setattr(
+        scan_module.LinearScanCpu, "apply", lambda *args: calls.append(1) or scan_reference(*args)
+    )
+    linear_scan(a, beta)
+    assert calls == [1]
+
+
+def test_auto_backend_falls_back_to_torch_without_the_cpu_kernel(monkeypatch):
+    monkeypatch.setattr(scan_module, "_cpu_state", {"error": "no compiler"})
     a, beta = _inputs((2, 5, 3))
     torch.testing.assert_close(linear_scan(a, beta), scan_reference(a, beta))
+    with pytest.raises(RuntimeError, match="CPU scan kernel is unavailable: no compiler"):
+        linear_scan(a, beta, backend="cpu")
 
 
-def test_shape_mismatch_is_rejected():
+def test_shape_mismatch_and_unknown_backend_are_rejected():
     with pytest.raises(ValueError, match="same shape"):
         linear_scan(torch.rand(2, 3, 4), torch.rand(2, 3, 5))
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        linear_scan(torch.rand(2, 3, 4), torch.rand(2, 3, 4), backend="gpu")
 
 
 needs_triton = pytest.mark.skipif(not triton_available("cpu"), reason="needs TRITON_INTERPRET=1 (or a GPU)")

@@ -1,36 +1,51 @@
 """The BD-LRU linear recurrence h_t = a_t ⊙ h_{t−1} + β_t (β = b ⊙ x), h_{−1} = 0, of RecBLR (MODELS.md §3).
 
-Three implementations of one function, scanning along a chosen time dimension:
+Four implementations of one function, scanning along a chosen time dimension:
 
 1. ``scan_reference`` — a serial torch loop under plain autograd: the ground truth for tests and the
    baseline of the speed benchmark.
-2. ``LinearScanTorch`` — a ``torch.autograd.Function`` for CPU. The time axis is moved to the front and
-   flattened to [L, N] rows; forward and backward (a reverse scan) are loops of one ``addcmul(out=)``
-   per step into pre-allocated buffers, with no autograd graph. On CPU this moves the minimum number of
-   bytes (it is memory-bound) and beats a chunked two-pass scan, which reads and writes every element
-   2–3 times per pass; measured in ``benchmarks/scan_speed.py``. Pass time-major contiguous tensors
-   (``dim=0``) to avoid a transposing copy.
-3. ``LinearScanTriton`` — Triton kernels, forward and backward, for any length: each program owns a
+2. ``LinearScanTorch`` — a ``torch.autograd.Function`` in pure torch ops. The time axis is moved to the
+   front and flattened to [L, N] rows; forward and backward (a reverse scan) are loops of one
+   ``addcmul(out=)`` per step into pre-allocated buffers, with no autograd graph. Its floor is per-op
+   cost, not bandwidth: each of the ~2L ops pays ~2–3 µs of dispatch, and an op large enough to use both
+   cores pays ~60 µs more to wake the second OpenMP thread under ``OMP_WAIT_POLICY=PASSIVE`` (measured on
+   the 2-core machines). That is also why a chunked two-pass scan in torch ops is no faster here: it
+   trades L small ops for ~4·√L large ones and moves every element 2–3 times.
+3. ``LinearScanCpu`` — the same Function over a small C++ kernel (``scan_cpu.cpp``, built on first use by
+   ``torch.utils.cpp_extension``: ~20 s, then cached per machine): one OpenMP region per pass, each thread
+   walking the whole sequence for a block of channels, every element read and written once, large outputs
+   written with streaming stores. The CPU default; (2) stands in where it cannot be built.
+4. ``LinearScanTriton`` — Triton kernels, forward and backward, for any length: each program owns a
    block of channels and walks the sequence in tiles of ``block_l`` steps, scanning each tile with
    ``tl.associative_scan`` over the combine (a₁, β₁)∘(a₂, β₂) = (a₁a₂, a₂β₁ + β₂) and carrying the
    last state into the next tile. fp32 or bf16 inputs, fp32 accumulation, outputs in the input dtype.
 
-Backward (both fast versions): g_t = ∂h_t + a_{t+1} g_{t+1}; ∂β_t = g_t; ∂a_t = h_{t−1} g_t.
-``linear_scan`` dispatches: CUDA tensors → Triton, anything else → the torch version.
+Backward (all but the reference): g_t = ∂h_t + a_{t+1} g_{t+1}; ∂β_t = g_t; ∂a_t = h_{t−1} g_t.
+``linear_scan`` dispatches: CUDA tensors → Triton; CPU → the C++ kernel, or the torch version without it.
+Pass time-major contiguous tensors (``dim=0``) to avoid a transposing copy.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "BACKENDS",
+    "LinearScanCpu",
     "LinearScanTorch",
     "LinearScanTriton",
+    "cpu_kernel_available",
     "linear_scan",
     "scan_reference",
     "triton_available",
@@ -38,7 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "triton", "reference"]
+Backend = Literal["auto", "cpu", "torch", "triton", "reference"]
+BACKENDS: tuple[str, ...] = ("auto", "cpu", "torch", "triton", "reference")
 
 
 def scan_reference(a: Tensor, beta: Tensor, dim: int = 1) -> Tensor:
@@ -67,65 +83,144 @@ def _time_major_rows(x: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
     return moved.to(dtype).contiguous().reshape(moved.shape[0], -1)
 
 
+def _steps_view(x: Tensor, dim: int, dtype: torch.dtype) -> Tensor:
+    """``x`` as a contiguous [outer, L, inner] tensor of ``dtype``, time in the middle (a free view of any
+    contiguous input, whatever ``dim``: no transposing copy)."""
+    x = x.to(dtype).contiguous()
+    return x.view(math.prod(x.shape[:dim]), x.shape[dim], math.prod(x.shape[dim + 1 :]))
+
+
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     # fp16/bf16 inputs accumulate in fp32; fp32 and fp64 keep their precision (fp64 for gradcheck).
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _forward_rows(a: Tensor, beta: Tensor) -> Tensor:
-    """h for [L, N] rows: one fused multiply-add per step, written straight into the output buffer."""
+def _forward_steps(a: Tensor, beta: Tensor) -> Tensor:
+    """h for [outer, L, inner]: one fused multiply-add per step, written straight into the output buffer."""
     h = torch.empty_like(beta)
-    if h.shape[0] == 0:
+    if h.shape[1] == 0:
         return h
-    h_rows, a_rows, beta_rows = h.unbind(0), a.unbind(0), beta.unbind(0)
-    h_rows[0].copy_(beta_rows[0])
-    for t in range(1, len(h_rows)):
-        torch.addcmul(beta_rows[t], a_rows[t], h_rows[t - 1], out=h_rows[t])
+    h_steps, a_steps, beta_steps = h.unbind(1), a.unbind(1), beta.unbind(1)
+    h_steps[0].copy_(beta_steps[0])
+    for t in range(1, len(h_steps)):
+        torch.addcmul(beta_steps[t], a_steps[t], h_steps[t - 1], out=h_steps[t])
     return h
 
 
-def _backward_rows(a: Tensor, h: Tensor, grad_h: Tensor) -> tuple[Tensor, Tensor]:
-    """(∂a, ∂β) for [L, N] rows: the reverse scan g_t = ∂h_t + a_{t+1} g_{t+1}, then ∂a_t = h_{t−1} g_t."""
+def _backward_steps(a: Tensor, h: Tensor, grad_h: Tensor) -> tuple[Tensor, Tensor]:
+    """(∂a, ∂β) for [outer, L, inner]: the reverse scan g_t = ∂h_t + a_{t+1} g_{t+1}, then ∂a_t = h_{t−1} g_t."""
     g = torch.empty_like(grad_h)
-    n_steps = g.shape[0]
+    n_steps = g.shape[1]
     if n_steps == 0:
         return torch.zeros_like(a), g
-    g_rows, a_rows, grad_rows = g.unbind(0), a.unbind(0), grad_h.unbind(0)
-    g_rows[-1].copy_(grad_rows[-1])
+    g_steps, a_steps, grad_steps = g.unbind(1), a.unbind(1), grad_h.unbind(1)
+    g_steps[-1].copy_(grad_steps[-1])
     for t in range(n_steps - 2, -1, -1):
-        torch.addcmul(grad_rows[t], a_rows[t + 1], g_rows[t + 1], out=g_rows[t])
+        torch.addcmul(grad_steps[t], a_steps[t + 1], g_steps[t + 1], out=g_steps[t])
     grad_a = torch.empty_like(a)
-    grad_a[0].zero_()
-    torch.mul(h[:-1], g[1:], out=grad_a[1:])
+    grad_a[:, 0].zero_()
+    torch.mul(h[:, :-1], g[:, 1:], out=grad_a[:, 1:])
     return grad_a, g
 
 
-class LinearScanTorch(torch.autograd.Function):
-    """CPU scan along ``dim``: hand-written forward and reverse-scan backward, no per-step graph."""
+@dataclass(frozen=True)
+class _StepKernels:
+    """Forward and backward of the scan over [outer, L, inner] tensors, and the dtype they compute in."""
+
+    forward: Callable[[Tensor, Tensor], Tensor]  # (a, β) → h
+    backward: Callable[[Tensor, Tensor, Tensor], Any]  # (a, h, ∂h) → (∂a, ∂β)
+    compute_dtype: Callable[[torch.dtype], torch.dtype]
+
+
+class _StepsScan(torch.autograd.Function):
+    """The scan along ``dim`` by CPU kernels on [outer, L, inner] views: no per-step autograd graph."""
 
     @staticmethod
-    def forward(ctx: Any, a: Tensor, beta: Tensor, dim: int) -> Tensor:
+    def forward(ctx: Any, a: Tensor, beta: Tensor, dim: int, kernels: _StepKernels) -> Tensor:
         dim = dim % a.dim()
-        compute = _accumulation_dtype(beta.dtype)
-        a_rows = _time_major_rows(a, dim, compute)
-        h_rows = _forward_rows(a_rows, _time_major_rows(beta, dim, compute))
-        ctx.save_for_backward(a_rows, h_rows)
-        ctx.dim = dim
-        ctx.moved_shape = beta.movedim(dim, 0).shape
+        compute = kernels.compute_dtype(torch.promote_types(a.dtype, beta.dtype))
+        a_steps = _steps_view(a, dim, compute)
+        h_steps = kernels.forward(a_steps, _steps_view(beta, dim, compute))
+        ctx.save_for_backward(a_steps, h_steps)
+        ctx.dim, ctx.kernels, ctx.shape = dim, kernels, beta.shape
         ctx.dtypes = (a.dtype, beta.dtype)
-        return h_rows.reshape(ctx.moved_shape).movedim(0, dim).to(beta.dtype)
+        return h_steps.view(beta.shape).to(beta.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        a_rows, h_rows = ctx.saved_tensors
-        grad_rows = _time_major_rows(grad_h, ctx.dim, a_rows.dtype)
-        grad_a, grad_beta = _backward_rows(a_rows, h_rows, grad_rows)
+    def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        a_steps, h_steps = ctx.saved_tensors
+        grad_a, grad_beta = ctx.kernels.backward(a_steps, h_steps, _steps_view(grad_h, ctx.dim, a_steps.dtype))
+        return grad_a.view(ctx.shape).to(ctx.dtypes[0]), grad_beta.view(ctx.shape).to(ctx.dtypes[1]), None, None
 
-        def back(rows: Tensor, dtype: torch.dtype) -> Tensor:
-            return rows.reshape(ctx.moved_shape).movedim(0, ctx.dim).to(dtype)
 
-        return back(grad_a, ctx.dtypes[0]), back(grad_beta, ctx.dtypes[1]), None
+_TORCH_STEPS = _StepKernels(_forward_steps, _backward_steps, _accumulation_dtype)
+
+
+class LinearScanTorch:
+    """Pure-torch scan along ``dim``: one ``addcmul`` per step, forward and backward, any device."""
+
+    @staticmethod
+    def apply(a: Tensor, beta: Tensor, dim: int) -> Tensor:
+        return _StepsScan.apply(a, beta, dim, _TORCH_STEPS)
+
+
+# ------------------------------------------------------------------------------------------ C++ (CPU)
+_CPU_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
+_cpu_lock = threading.Lock()
+_cpu_state: dict[str, Any] = {}  # "module" once built, or "error" once that failed
+
+
+def _load_cpu_kernel() -> Any | None:
+    """The compiled CPU scan module, built once per machine (torch caches it); None where it cannot be."""
+    with _cpu_lock:
+        if "module" in _cpu_state or "error" in _cpu_state:
+            return _cpu_state.get("module")
+        if os.environ.get("LONGREC_SCAN_CPU_KERNEL", "1") == "0":
+            _cpu_state["error"] = "disabled by LONGREC_SCAN_CPU_KERNEL=0"
+            return None
+        try:
+            from torch.utils import cpp_extension
+
+            if shutil.which("ninja") is None:
+                # The ninja wheel's binary sits in the venv's bin/, which is not on PATH when the venv's
+                # python is run directly (make, kfp.local tasks).
+                import ninja
+
+                os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+            logger.info("building the CPU scan kernel (once per machine, ~20 s)")
+            _cpu_state["module"] = cpp_extension.load(
+                name="longrec_scan_cpu",
+                sources=[str(_CPU_SOURCE)],
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
+        except Exception as error:  # no compiler, no ninja, no writable cache: the torch version still runs
+            _cpu_state["error"] = f"{type(error).__name__}: {error}".strip()
+            logger.warning("CPU scan kernel unavailable, using the pure-torch scan (%s)", _cpu_state["error"])
+        return _cpu_state.get("module")
+
+
+def cpu_kernel_available() -> bool:
+    """True when the compiled CPU scan kernel is built (building it on the first call)."""
+    return _load_cpu_kernel() is not None
+
+
+def _cpu_steps() -> _StepKernels:
+    module = _load_cpu_kernel()
+    if module is None:
+        raise RuntimeError(f"the CPU scan kernel is unavailable: {_cpu_state.get('error')}")
+    # 16-bit rows go in as they are: the kernel accumulates them in float.
+    return _StepKernels(module.scan_forward, module.scan_backward, lambda dtype: dtype)
+
+
+class LinearScanCpu:
+    """CPU scan along ``dim`` by the compiled kernel (``scan_cpu.cpp``): one OpenMP region per pass."""
+
+    @staticmethod
+    def apply(a: Tensor, beta: Tensor, dim: int) -> Tensor:
+        return _StepsScan.apply(a, beta, dim, _cpu_steps())
 
 
 # --------------------------------------------------------------------------------------------- Triton
@@ -274,18 +369,28 @@ class LinearScanTriton(torch.autograd.Function):
 def linear_scan(a: Tensor, beta: Tensor, dim: int = 1, backend: Backend = "auto") -> Tensor:
     """h_t = a_t ⊙ h_{t−1} + β_t along ``dim`` (h_{−1} = 0); same shape and dtype as ``beta``.
 
-    ``backend="auto"`` runs Triton on CUDA tensors and the torch CPU version elsewhere; "triton" on CPU
-    needs ``TRITON_INTERPRET=1`` (tests); "reference" is the slow serial autograd loop.
+    ``backend="auto"`` runs Triton on CUDA tensors and, on CPU, the compiled kernel ("cpu"), or the
+    pure-torch version ("torch") where that kernel cannot be built; "triton" on CPU needs
+    ``TRITON_INTERPRET=1`` (tests); "reference" is the slow serial autograd loop.
     """
     _check_inputs(a, beta)
     if backend == "auto":
-        backend = "triton" if a.is_cuda and triton_available(a.device) else "torch"
+        if a.is_cuda and triton_available(a.device):
+            backend = "triton"
+        elif a.device.type == "cpu" and cpu_kernel_available():
+            backend = "cpu"
+        else:
+            backend = "torch"
     if backend == "reference":
         return scan_reference(a, beta, dim)
     if backend == "torch":
         return LinearScanTorch.apply(a, beta, dim)
+    if backend == "cpu":
+        if a.device.type != "cpu":
+            raise ValueError(f"the cpu scan backend needs CPU tensors, got {a.device}")
+        return LinearScanCpu.apply(a, beta, dim)
     if backend == "triton":
         if not triton_available(a.device):
             raise RuntimeError("the Triton scan needs a CUDA tensor, or TRITON_INTERPRET=1 on CPU")
         return LinearScanTriton.apply(a, beta, dim)
-    raise ValueError(f"unknown backend {backend!r}; choose auto, torch, triton or reference")
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.schema import FeatureSpec
+from longrec.kernels.scan import BACKENDS as SCAN_BACKENDS
 from longrec.kernels.scan import linear_scan
 from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
 from longrec.models.sequential import SequentialRecommender, register_sequential_model
@@ -215,7 +216,9 @@ class RecBLRConfig:
     side_embedding_dim: int = 8
     use_time_buckets: bool = False  # add a Δt-bucket embedding to each history item (paper: none)
     embedding_init_std: float = 0.05
-    scan_backend: str = "auto"  # "auto" (Triton on CUDA, torch on CPU) | "torch" | "triton" | "reference"
+    scan_backend: str = (
+        "auto"  # "auto" (Triton on CUDA, C++ kernel on CPU) | "cpu" | "torch" | "triton" | "reference"
+    )
 
     def __post_init__(self) -> None:
         self.head_hidden = tuple(self.head_hidden)
@@ -227,8 +230,10 @@ class RecBLRConfig:
             raise ValueError("need 0 < decay_min <= decay_max < 1")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
-        if self.scan_backend not in ("auto", "torch", "triton", "reference"):
-            raise ValueError(f"unknown scan_backend {self.scan_backend!r}")
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(
+                f"unknown scan_backend {self.scan_backend!r}; choose from {', '.join(SCAN_BACKENDS)}"
+            )
 
 
 class RecBLR(CTRModel):
