@@ -3,7 +3,8 @@
 Each (model, L) point runs in a fresh subprocess so its peak RSS is its own: we report the growth of the
 RSS high-water mark over the RSS measured just before the first step (model, optimiser and batch built).
 Histories are full (every position valid), so cost is at its maximum for each L. Ratios are taken within
-this one run. Usage:
+this one run. Like ``train_model`` on CPU, each point keeps freed memory in the process
+(``longrec.runtime``); ``--default-malloc`` measures with glibc's default. Usage:
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/imn_cost.py [--lengths 50 200 250 500 1000]
 """
@@ -29,12 +30,17 @@ def _rss_mib() -> float:
 
 
 def _measure(
-    model_name: str, length: int, batch_size: int, steps: int, threads: int, queue: mp.Queue
+    model_name: str, length: int, batch_size: int, steps: int, threads: int, retain: bool, queue: mp.Queue
 ) -> None:
     """Child process: train steps/s, peak RSS growth, tracemalloc peak (Python heap only), latency."""
     import tracemalloc
 
     import torch
+
+    from longrec.runtime import retain_freed_memory
+
+    if retain:  # as train_model does on CPU: no re-faulting of the large activations every step
+        retain_freed_memory()
 
     from longrec.data.schema import FeatureSpec
     from longrec.data.tensors import synthetic_sample_set
@@ -59,8 +65,10 @@ def _measure(
         optimizer.step()
 
     model.train()
-    step()  # warm-up: allocator, Adam state
+    # Baseline before the warm-up step: the peak then counts activations, gradients and Adam state even
+    # when the allocator keeps the warm-up's memory mapped.
     rss_before = _rss_mib()
+    step()  # warm-up: allocator, Adam state
     tracemalloc.start()
     start = time.perf_counter()
     for _ in range(steps):
@@ -98,11 +106,13 @@ def _measure(
     )
 
 
-def measure(model_name: str, length: int, batch_size: int, steps: int, threads: int) -> dict:
+def measure(model_name: str, length: int, batch_size: int, steps: int, threads: int, retain: bool) -> dict:
     """Run one point in a fresh process (spawn) and return its figures."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_measure, args=(model_name, length, batch_size, steps, threads, queue))
+    process = context.Process(
+        target=_measure, args=(model_name, length, batch_size, steps, threads, retain, queue)
+    )
     process.start()
     result = queue.get()
     process.join()
@@ -117,6 +127,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc returning freed memory (re-faulting it)"
+    )
     args = parser.parse_args()
 
     import pandas as pd
@@ -124,7 +137,9 @@ def main() -> None:
     rows = []
     for length in args.lengths:
         for model_name in args.models:
-            row = measure(model_name, length, args.batch_size, args.steps, args.threads)
+            row = measure(
+                model_name, length, args.batch_size, args.steps, args.threads, not args.default_malloc
+            )
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                 flush=True,
@@ -137,7 +152,7 @@ def main() -> None:
     table = frame.pivot(index="L", columns="model")
     lines = [
         f"# DIN vs IMN cost on CPU ({args.threads} thread(s), batch {args.batch_size}, full histories, "
-        f"default configs)",
+        f"default configs, malloc: {'default' if args.default_malloc else 'retain freed memory'})",
         "",
         "| L | "
         + " | ".join(f"{m} samples/s | {m} ms/sample | {m} peak RSS growth MiB" for m in args.models)

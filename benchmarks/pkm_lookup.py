@@ -1,7 +1,8 @@
 """Lookup time per query vs memory size: product-key (two-axis top-K) vs dense (score every slot).
 
 For each size n = r² the product-key lookup scores r row and r column sub-keys, keeps the top-K of each,
-the top-K of the K×K grid, and gathers with ``F.embedding_bag``; the dense lookup scores all n full keys
+the top-K of the K×K grid, and gathers with ``F.embedding_bag``: the library path LMN runs
+(``axis_topk`` per axis, then ``pkm_read``); the dense lookup scores all n full keys
 [K_row[i]; K_col[j]] and takes the top-K. Both return the same slots (checked on the dense subset).
 Prints a table and the 1M/16K time ratios of both, measured in this run.
 
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from longrec.kernels.pkm import pkm_read  # noqa: E402
+from longrec.memory.product_keys import axis_topk  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,13 +50,10 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 
 def pkm_lookup_once(row_q, col_q, row_keys, col_keys, values, k: int, backend: str):
-    """Product-key lookup: per-axis scores and top-K, then grid top-K + softmax + gather."""
-    row_top, row_idx = (row_q @ row_keys.T).topk(k, dim=-1)
-    col_top, col_idx = (col_q @ col_keys.T).topk(k, dim=-1)
-    out, slots, _ = pkm_read(
-        row_top[:, None], row_idx[:, None], col_top[:, None], col_idx[:, None], values, row_keys.shape[0],
-        backend=backend,
-    )  # fmt: skip
+    """Product-key lookup (one head): per-axis scores and sorted top-K, then grid top-K + softmax + gather."""
+    row_top, row_idx = axis_topk(row_q[:, None], row_keys[None], k)
+    col_top, col_idx = axis_topk(col_q[:, None], col_keys[None], k)
+    out, slots, _ = pkm_read(row_top, row_idx, col_top, col_idx, values, row_keys.shape[0], backend=backend)
     return out, slots
 
 

@@ -36,7 +36,10 @@ def peak_rss_bytes() -> int:
 def measure(model_name: str, length: int, args: argparse.Namespace) -> dict:
     """Time ``args.steps`` training steps of one model at one length (run in its own process)."""
     from longrec.models.sequential import build_sequential_model
+    from longrec.runtime import retain_freed_memory
 
+    if not args.default_malloc:  # as the trainers do on CPU: no re-faulting of large activations
+        retain_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--epoch-sequences", type=int, default=6040)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc returning freed memory")
     parser.add_argument("--single", nargs=2, metavar=("MODEL", "L"), help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=RESULTS / "recblr_vs_sasrec")
     args = parser.parse_args()
@@ -101,7 +105,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--single", model, str(length)]
             command += ["--items", str(args.items), "--batch", str(args.batch), "--steps", str(args.steps)]
             command += ["--epoch-sequences", str(args.epoch_sequences), "--threads", str(args.threads)]
-            command += ["--device", args.device]
+            command += ["--device", args.device] + (["--default-malloc"] if args.default_malloc else [])
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             row = json.loads(output.strip().splitlines()[-1])
             rows.append(row)
@@ -112,7 +116,8 @@ def main() -> None:
             )
     lines = [
         f"Training cost, batch {args.batch}, {args.items} items, epoch = {args.epoch_sequences} sequences, "
-        f"device {args.device}, threads {args.threads or torch.get_num_threads()}",
+        f"device {args.device}, threads {args.threads or torch.get_num_threads()}, "
+        f"malloc: {'default' if args.default_malloc else 'retain freed memory'}",
         "",
         "| L | RecBLR s/epoch | SASRec s/epoch | SASRec / RecBLR time | RecBLR peak MB | SASRec peak MB |",
         "|---|---|---|---|---|---|",

@@ -20,17 +20,15 @@ Allocator: every fwd+bwd allocates three fresh outputs (h, ∂a, ∂β: 31 MiB e
 default maps blocks over 32 MiB afresh each time and gives freed memory back to the kernel, so the next
 call page-faults it in again, at a cost that has nothing to do with the scan (on these VMs ~1 µs per
 4 KiB page: +30 ms at L=2048, and 0–20 ms at random at L=1000, depending on the heap's layout). The
-benchmark therefore asks glibc to serve every block from its heap and keep freed memory (``mallopt``:
-M_MMAP_MAX=0, no trimming), so that it times the scans; ``--default-malloc`` leaves glibc as it is.
+benchmark therefore keeps freed memory in the process as training does (``longrec.runtime``), so that it
+times the scans; ``--default-malloc`` leaves glibc as it is.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,20 +38,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from longrec.kernels.scan import cpu_kernel_available, linear_scan, scan_reference  # noqa: E402
+from longrec.runtime import retain_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
-
-
-def retain_freed_memory() -> bool:
-    """Ask glibc to serve every block from its heap and never give freed memory back (no re-faulting)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 40))
 
 
 def best_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]) -> float:

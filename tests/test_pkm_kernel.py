@@ -13,6 +13,7 @@ from longrec.kernels.pkm import (
     pkm_read,
     pkm_read_reference,
     pkm_read_triton,
+    sorted_topk,
     two_axis_topk,
 )
 
@@ -34,7 +35,8 @@ def scores(q: int, h: int, r: int, seed: int = 0) -> tuple[torch.Tensor, torch.T
     return torch.randn(q, h, r, generator=gen), torch.randn(q, h, r, generator=gen)
 
 
-@pytest.mark.parametrize(("r", "k"), [(5, 1), (7, 3), (8, 8), (11, 5)])
+# (64, 4) and (96, 8) take sorted_topk's two-stage path (r ≥ 8k, r divisible by 8).
+@pytest.mark.parametrize(("r", "k"), [(5, 1), (7, 3), (8, 8), (11, 5), (64, 4), (96, 8)])
 def test_two_axis_topk_equals_brute_force_over_all_slots(r: int, k: int) -> None:
     row, col = scores(6, 2, r, seed=r)
     values = torch.randn(r * r, 4)
@@ -43,6 +45,23 @@ def test_two_axis_topk_equals_brute_force_over_all_slots(r: int, k: int) -> None
     assert torch.equal(slots.sort(-1).values, best_slots.sort(-1).values)
     # Weights are the softmax of exactly the brute-force top-K scores.
     torch.testing.assert_close(weights.sort(-1).values, torch.softmax(best, -1).sort(-1).values)
+
+
+@pytest.mark.parametrize(
+    ("shape", "k"),
+    [((64, 1, 1024), 32), ((16, 3, 256), 32), ((16, 2, 200), 16), ((8, 1000), 7), ((4, 2, 64), 32)],
+    ids=["r1024-k32", "r256-k32-edge", "r200-not-divisible", "2d", "short-row"],
+)
+def test_sorted_topk_equals_torch_topk_in_values_indices_and_gradients(shape, k) -> None:
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen, requires_grad=True)
+    top, idx = sorted_topk(x, k)
+    expected_top, expected_idx = x.topk(k, dim=-1)
+    assert torch.equal(top, expected_top) and torch.equal(idx, expected_idx)
+    grad = torch.randn(top.shape, generator=gen)
+    (got_grad,) = torch.autograd.grad(top, x, grad)
+    (expected_grad,) = torch.autograd.grad(expected_top, x, grad)
+    torch.testing.assert_close(got_grad, expected_grad)
 
 
 def test_reference_read_is_weighted_sum_of_selected_rows() -> None:

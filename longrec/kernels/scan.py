@@ -150,8 +150,15 @@ class _StepsScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         a_steps, h_steps = ctx.saved_tensors
-        grad_a, grad_beta = ctx.kernels.backward(a_steps, h_steps, _steps_view(grad_h, ctx.dim, a_steps.dtype))
-        return grad_a.view(ctx.shape).to(ctx.dtypes[0]), grad_beta.view(ctx.shape).to(ctx.dtypes[1]), None, None
+        grad_a, grad_beta = ctx.kernels.backward(
+            a_steps, h_steps, _steps_view(grad_h, ctx.dim, a_steps.dtype)
+        )
+        return (
+            grad_a.view(ctx.shape).to(ctx.dtypes[0]),
+            grad_beta.view(ctx.shape).to(ctx.dtypes[1]),
+            None,
+            None,
+        )
 
 
 _TORCH_STEPS = _StepKernels(_forward_steps, _backward_steps, _accumulation_dtype)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from longrec.kernels.pkm import Backend, pkm_read
+from longrec.kernels.pkm import Backend, pkm_read, sorted_topk
 
 __all__ = ["MemoryConfig", "ProductKeyMemory", "QUERY_VARIANTS", "UserAwareQuery", "axis_topk"]
 
@@ -51,7 +51,7 @@ class MemoryConfig:
 def axis_topk(query_half: Tensor, sub_keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Scores of [N, H, d_k/2] query halves against [H, r, d_k/2] sub-keys, then top-k: two [N, H, k]."""
     scores = torch.einsum("nhd,hrd->nhr", query_half, sub_keys)
-    return scores.topk(k, dim=-1)
+    return sorted_topk(scores, k)
 
 
 class ProductKeyMemory(nn.Module):

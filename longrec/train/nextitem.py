@@ -21,6 +21,7 @@ import torch
 from longrec.data.nextitem import NextItemData
 from longrec.eval.ranking import evaluate_next_item
 from longrec.models.sequential import SequentialRecommender, build_sequential_model
+from longrec.runtime import retain_freed_memory
 from longrec.train.trainer import set_seed
 
 __all__ = ["NextItemTrainConfig", "run_next_item", "summarise_seeds", "train_next_item"]
@@ -41,6 +42,7 @@ class NextItemTrainConfig:
     seed: int = 0
     device: str = "cpu"
     num_threads: int | None = None
+    retain_freed_memory: bool = True  # as TrainConfig: no re-faulting of large activations on CPU
     max_steps_per_epoch: int | None = None  # cap for smoke runs
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ def train_next_item(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = torch.device(config.device)
+    if config.retain_freed_memory and device.type == "cpu":
+        retain_freed_memory()
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     items = torch.as_tensor(data.train_items)
