@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--top-k", type=int, default=32)
-    parser.add_argument("--history-reads", type=int, default=10, help="memory_history_reads; 0 = all")
+    parser.add_argument("--history-reads", type=int, default=0, help="memory_history_reads; 0 = all (spec)")
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="Adam, all models (the pipeline's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-train-samples", type=int, default=None, help="random subset of train")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -60,7 +61,9 @@ def main() -> None:
         }
         models[f"lmn {slots}"] = ("lmn", overrides)
     splits = build_splits(args.dataset, SampleConfig(), args.max_train_samples)
-    train_config = TrainConfig(epochs=args.epochs, num_threads=args.threads, progress=False)
+    train_config = TrainConfig(
+        epochs=args.epochs, lr=args.learning_rate, num_threads=args.threads, progress=False
+    )
     runs = seed_study(args.dataset, models, SampleConfig(), train_config, args.seeds, splits=splits)
     stem = f"lmn_memory_scaling_{args.dataset}"
     previous = args.output / f"{stem}.csv"

@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--slots", type=int, default=1_048_576)
     parser.add_argument("--top-k", type=int, default=32)
-    parser.add_argument("--history-reads", type=int, default=10, help="memory_history_reads; 0 = all")
+    parser.add_argument("--history-reads", type=int, default=0, help="memory_history_reads; 0 = all (spec)")
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="Adam, all models (the pipeline's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-train-samples", type=int, default=None, help="random subset of train")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -47,7 +48,9 @@ def main() -> None:
         "memory_history_reads": args.history_reads or None,
     }
     models = {"din": ("din", {}), f"lmn ({args.slots:,} slots, K={args.top_k})": ("lmn", lmn)}
-    train_config = TrainConfig(epochs=args.epochs, num_threads=args.threads, progress=False)
+    train_config = TrainConfig(
+        epochs=args.epochs, lr=args.learning_rate, num_threads=args.threads, progress=False
+    )
     for dataset in args.datasets:
         splits = build_splits(dataset, SampleConfig(), args.max_train_samples)
         runs = seed_study(dataset, models, SampleConfig(), train_config, args.seeds, splits=splits)

@@ -42,3 +42,15 @@ def test_dockerfile_installs_the_pinned_set_and_the_gpu_extra():
 
 def test_components_use_the_image_the_dockerfile_documents():
     assert f"-t {BASE_IMAGE.split(':')[0]}:" in DOCKERFILE.read_text()
+
+
+def test_dockerfile_prebuilds_the_cpu_scan_kernel_as_the_runtime_user():
+    steps = list(instructions())
+    user_at = next(i for i, (k, rest) in enumerate(steps) if k == "USER" and rest == "longrec")
+    builds = [i for i, (k, rest) in enumerate(steps) if k == "RUN" and "cpu_kernel_available()" in rest]
+    assert builds and builds[0] > user_at  # built into the cache of the user that runs the tasks
+    compilers = " ".join(rest for k, rest in steps if k == "RUN" and "apt-get install" in rest)
+    assert "g++" in compilers.split()
+    source = ROOT / "longrec" / "kernels" / "scan_cpu.cpp"
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert source.is_file() and "*.cpp" in package_data["longrec.kernels"]

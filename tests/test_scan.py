@@ -1,6 +1,11 @@
 """The BD-LRU scan: the C++ CPU kernel, the pure-torch version and the Triton kernel (interpreter on CPU)
 against the serial reference."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -147,3 +152,28 @@ def test_triton_scan_time_major_and_bfloat16():
     assert h16.dtype == grad_a16.dtype == grad_b16.dtype == torch.bfloat16
     torch.testing.assert_close(h16.double(), ref[0].double(), rtol=2e-2, atol=6e-2)
     torch.testing.assert_close(grad_b16.double(), ref[2].double(), rtol=2e-2, atol=6e-2)
+
+
+STALE_LOCK_PROBE = """
+import os, time
+from longrec.kernels import scan
+lock = scan.cpu_kernel_build_dir() / "lock"
+lock.touch()
+old = time.time() - 2 * scan._STALE_BUILD_LOCK_SECONDS
+os.utime(lock, (old, old))
+assert scan.cpu_kernel_available(), scan._cpu_state
+assert not lock.exists()
+"""
+
+
+def test_a_stale_build_lock_from_a_killed_build_does_not_hang_the_next_load(tmp_path):
+    # torch waits forever on a build lock a killed build left behind; the loader clears an old one.
+    assert cpu_kernel_available()
+    shutil.copytree(scan_module.cpu_kernel_build_dir(), tmp_path / scan_module.cpu_kernel_build_dir().name)
+    env = {**os.environ, "LONGREC_KERNEL_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", STALE_LOCK_PROBE], env=env, check=True, timeout=300)
+
+
+def test_the_kernel_cache_follows_longrec_kernel_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LONGREC_KERNEL_CACHE", str(tmp_path))
+    assert scan_module.cpu_kernel_build_dir().parent == tmp_path

@@ -32,6 +32,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "LinearScanTorch",
     "LinearScanTriton",
     "cpu_kernel_available",
+    "cpu_kernel_build_dir",
     "linear_scan",
     "scan_reference",
     "triton_available",
@@ -176,10 +178,19 @@ class LinearScanTorch:
 _CPU_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
 _cpu_lock = threading.Lock()
 _cpu_state: dict[str, Any] = {}  # "module" once built, or "error" once that failed
+# torch leaves a build's lock file behind when the building process dies, and every later build then
+# waits on it forever; a lock older than any real build (~20 s) is such a leftover.
+_STALE_BUILD_LOCK_SECONDS = 600
+
+
+def cpu_kernel_build_dir() -> Path:
+    """Where the CPU kernel is built and cached: ``$LONGREC_KERNEL_CACHE`` or ~/.cache/longrec/kernels."""
+    root = os.environ.get("LONGREC_KERNEL_CACHE") or Path.home() / ".cache" / "longrec" / "kernels"
+    return Path(root) / f"scan_cpu-torch{torch.__version__}"
 
 
 def _load_cpu_kernel() -> Any | None:
-    """The compiled CPU scan module, built once per machine (torch caches it); None where it cannot be."""
+    """The compiled CPU scan module, built once per machine and cached; None where it cannot be built."""
     with _cpu_lock:
         if "module" in _cpu_state or "error" in _cpu_state:
             return _cpu_state.get("module")
@@ -195,12 +206,19 @@ def _load_cpu_kernel() -> Any | None:
                 import ninja
 
                 os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-            logger.info("building the CPU scan kernel (once per machine, ~20 s)")
+            build_dir = cpu_kernel_build_dir()
+            build_dir.mkdir(parents=True, exist_ok=True)
+            lock = build_dir / "lock"
+            if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_BUILD_LOCK_SECONDS:
+                logger.warning("removing a stale build lock left by a killed build: %s", lock)
+                lock.unlink(missing_ok=True)
+            logger.info("loading the CPU scan kernel (built once per machine, ~20 s, into %s)", build_dir)
             _cpu_state["module"] = cpp_extension.load(
                 name="longrec_scan_cpu",
                 sources=[str(_CPU_SOURCE)],
                 extra_cflags=["-O3", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
                 verbose=False,
             )
         except Exception as error:  # no compiler, no ninja, no writable cache: the torch version still runs

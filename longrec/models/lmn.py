@@ -7,8 +7,8 @@ the stop-gradient target τ_j = T([e_j ; g(user)]), writing the history with use
 value slots. Loss = BCE + λ·L_mem. Dense parameters train with Adam, the value table with SparseAdam.
 
 Choices the paper leaves open (each a switch): T is a fixed orthogonal projection (a stop-gradient target
-gives T no gradient, so it would stay at its initialisation anyway); only the last
-``memory_history_reads`` valid history items are read (reads cost B·n queries per batch; None = all).
+gives T no gradient, so it would stay at its initialisation anyway); ``memory_history_reads`` can cap the
+reads to the last n valid history items (reads cost B·n grid lookups per batch; default None = all).
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ class LMNConfig:
     user_features: str = "id+side"  # g(user): "id+side" | "id" | "side" (age, gender, occupation)
     user_embedding_dim: int = 16  # width of each user-feature embedding in g
     memory_loss_weight: float = 0.1  # λ in BCE + λ·L_mem (the paper does not give it)
-    # Read the last n valid history items (None = every one). 5 keeps an ML-100k epoch near DIN's cost;
-    # the reduced experiments in benchmarks/results used 5 as well.
-    memory_history_reads: int | None = 5
+    # Read the last n valid history items; None = every one, as the spec has it. Per-axis top-K runs once
+    # per distinct item and user in a batch, so reading all L=50 items costs an ML-100k epoch ~2x DIN's.
+    memory_history_reads: int | None = None
     memory_pool: str = "mean"  # pool of m_j into the head: masked "mean" or DIN "attention" weights
     memory_lr: float | None = None  # SparseAdam lr of the value table; None = the trainer's lr
     memory_backend: str = "auto"  # "auto" (Triton on CUDA, torch on CPU) | "reference" | "triton"
