@@ -56,11 +56,13 @@ struct Blocks {
   int64_t size(int64_t block) const { return std::min(width, inner - (block % per_outer) * width); }
 };
 
+// streaming: -1 = by output size (the default), 0 = never, 1 = always (benchmarks compare the two).
 template <typename scalar_t>
-bool use_streaming_stores(const torch::Tensor& out) {
+bool use_streaming_stores(const torch::Tensor& out, int64_t streaming) {
 #if defined(__SSE2__)
-  return (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) &&
-         out.numel() * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamingBytes;
+  const bool supported = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
+  if (!supported || streaming == 0) return false;
+  return streaming == 1 || out.numel() * static_cast<int64_t>(sizeof(scalar_t)) >= kStreamingBytes;
 #else
   return false;
 #endif
@@ -155,7 +157,7 @@ void backward_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict_
   });
 }
 
-torch::Tensor scan_forward(const torch::Tensor& a, const torch::Tensor& beta) {
+torch::Tensor scan_forward(const torch::Tensor& a, const torch::Tensor& beta, int64_t streaming) {
   check_steps(a, "a");
   check_steps(beta, "beta");
   TORCH_CHECK(a.sizes() == beta.sizes(), "a and beta must have the same shape");
@@ -164,13 +166,13 @@ torch::Tensor scan_forward(const torch::Tensor& a, const torch::Tensor& beta) {
   if (h.numel() == 0) return h;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, beta.scalar_type(), "longrec_scan_forward", [&] {
     forward_kernel<scalar_t>(a.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
-                             Blocks(beta), use_streaming_stores<scalar_t>(h));
+                             Blocks(beta), use_streaming_stores<scalar_t>(h, streaming));
   });
   return h;
 }
 
 std::vector<torch::Tensor> scan_backward(const torch::Tensor& a, const torch::Tensor& h,
-                                         const torch::Tensor& grad_h) {
+                                         const torch::Tensor& grad_h, int64_t streaming) {
   check_steps(a, "a");
   check_steps(h, "h");
   check_steps(grad_h, "grad_h");
@@ -183,7 +185,7 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& a, const torch::Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "longrec_scan_backward", [&] {
     backward_kernel<scalar_t>(a.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), grad_h.data_ptr<scalar_t>(),
                               grad_a.data_ptr<scalar_t>(), grad_beta.data_ptr<scalar_t>(), Blocks(a),
-                              use_streaming_stores<scalar_t>(grad_a));
+                              use_streaming_stores<scalar_t>(grad_a, streaming));
   });
   return {grad_a, grad_beta};
 }
@@ -192,6 +194,8 @@ std::vector<torch::Tensor> scan_backward(const torch::Tensor& a, const torch::Te
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "BD-LRU linear scan on CPU (longrec)";
-  m.def("scan_forward", &scan_forward, "h_t = a_t * h_{t-1} + beta_t along axis 1 of [outer, L, inner]");
-  m.def("scan_backward", &scan_backward, "(grad_a, grad_beta) of the scan along axis 1 of [outer, L, inner]");
+  m.def("scan_forward", &scan_forward, "h_t = a_t * h_{t-1} + beta_t along axis 1 of [outer, L, inner]",
+        pybind11::arg("a"), pybind11::arg("beta"), pybind11::arg("streaming") = -1);
+  m.def("scan_backward", &scan_backward, "(grad_a, grad_beta) of the scan along axis 1 of [outer, L, inner]",
+        pybind11::arg("a"), pybind11::arg("h"), pybind11::arg("grad_h"), pybind11::arg("streaming") = -1);
 }
