@@ -2,10 +2,11 @@
 
 glibc maps every block over 32 MiB afresh and gives freed memory back to the kernel, so a training step
 that allocates the same large activations each time page-faults them in again on every step. On the
-2-core VMs a fault costs ~1 µs per 4 KiB page, which made 30–40% of a DIN or IMN step at L=1000 and
-batch 256 (``benchmarks/imn_cost.py``: IMN 2.43 → 1.69 ms/sample, DIN 4.71 → 2.80) and bent IMN's cost
-curve: time per sample at L=1000 over L=250 went from 4.89 to 3.82 with the memory kept. The price is
-that the process keeps its peak memory until it exits, which suits a training job (and only one).
+2-core VMs a fault costs ~1 µs per 4 KiB page. At L=1000, batch 256, 1 thread that was 35–40% of a step
+(``benchmarks/imn_cost.py`` with and without ``--default-malloc``: IMN 2.50 → 1.63 ms/sample, DIN 4.55 →
+2.67) and it bent IMN's cost curve: time per sample at L=1000 over L=250 went from 4.74 to 3.68 with the
+memory kept (``benchmarks/results/imn_cost*.md``). The price is that the process keeps its peak memory
+until it exits, which suits a training job.
 """
 
 from __future__ import annotations

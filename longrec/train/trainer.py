@@ -64,7 +64,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # cap for smoke runs; None = full pass
     device: str = "cpu"  # "cpu" | "cuda" | "auto" (cuda when available)
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch default
-    # Keep glibc from re-faulting large activations on every CPU step (longrec.runtime): 30–40% of a
+    # Keep glibc from re-faulting large activations on every CPU step (longrec.runtime): 35–40% of a
     # step at L=1000. The process then holds its peak memory until it exits.
     retain_freed_memory: bool = True
     progress: bool = True  # tqdm bar (only shown on a TTY)
