@@ -4,9 +4,9 @@ Four implementations of one function, scanning along a chosen time dimension:
 
 1. ``scan_reference`` — a serial torch loop under plain autograd: the ground truth for tests and the
    baseline of the speed benchmark.
-2. ``LinearScanTorch`` — a ``torch.autograd.Function`` in pure torch ops. The time axis is moved to the
-   front and flattened to [L, N] rows; forward and backward (a reverse scan) are loops of one
-   ``addcmul(out=)`` per step into pre-allocated buffers, with no autograd graph. Its floor is per-op
+2. ``LinearScanTorch`` — a ``torch.autograd.Function`` in pure torch ops on a free [outer, L, inner] view
+   of the input (time in the middle, whatever ``dim``); forward and backward (a reverse scan) are loops of
+   one ``addcmul(out=)`` per step into pre-allocated buffers, with no autograd graph. Its floor is per-op
    cost, not bandwidth: each of the ~2L ops pays ~2–3 µs of dispatch, and an op large enough to use both
    cores pays ~60 µs more to wake the second OpenMP thread under ``OMP_WAIT_POLICY=PASSIVE`` (measured on
    the 2-core machines). That is also why a chunked two-pass scan in torch ops is no faster here: it
@@ -22,7 +22,8 @@ Four implementations of one function, scanning along a chosen time dimension:
 
 Backward (all but the reference): g_t = ∂h_t + a_{t+1} g_{t+1}; ∂β_t = g_t; ∂a_t = h_{t−1} g_t.
 ``linear_scan`` dispatches: CUDA tensors → Triton; CPU → the C++ kernel, or the torch version without it.
-Pass time-major contiguous tensors (``dim=0``) to avoid a transposing copy.
+The CPU versions take any contiguous layout as it is; Triton moves time to the front (a free view for
+time-major input, a transposing copy otherwise). ``benchmarks/scan_cpu_options.py`` measures the choices.
 """
 
 from __future__ import annotations
