@@ -11,7 +11,7 @@ from typing import Any
 from longrec.data.training_set import read_training_set, tensors_by_split
 from longrec.models.registry import build_model
 from longrec.registry.store import CHECKPOINT_FILE, MODEL_META_FILE
-from longrec.train.trainer import TrainConfig, save_checkpoint, train_model
+from longrec.train.trainer import TrainConfig, save_checkpoint, set_seed, train_model
 
 __all__ = ["TrainConfig", "train_from_training_set", "train_direct"]
 
@@ -32,6 +32,9 @@ def train_from_training_set(
     splits = tensors_by_split(frame, spec)
     if "train" not in splits:
         raise ValueError(f"training set {training_set_dir} has no train split")
+    # build_model draws the initial weights: seed before it (not only inside train_model), or every
+    # pipeline run starts from other weights and the AUC gate compares runs it cannot reproduce.
+    set_seed(config.seed)
     model = build_model(model_name, spec, model_overrides)
     result = train_model(model, splits["train"], splits.get("valid"), config)
     save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name=model_name, spec=spec)
