@@ -62,10 +62,10 @@ def training_set(work, events, feature_repo):
     return out
 
 
-@pytest.fixture(scope="module")
-def trained(work, training_set):
-    model = artifact(dsl.Model, work / "model")
-    metrics = artifact(dsl.Metrics, work / "metrics")
+def train_din(work, training_set, name: str):
+    """One DIN epoch through the train component's function: (model, metrics) artifacts."""
+    model = artifact(dsl.Model, work / name)
+    metrics = artifact(dsl.Metrics, work / f"{name}-metrics")
     train_model.python_func(
         training_set=training_set,
         model_name="din",
@@ -77,6 +77,11 @@ def trained(work, training_set):
         metrics=metrics,
     )
     return model, metrics
+
+
+@pytest.fixture(scope="module")
+def trained(work, training_set):
+    return train_din(work, training_set, "model")
 
 
 @pytest.fixture(scope="module")
@@ -175,17 +180,7 @@ def test_train_model_is_reproducible_from_its_seed(work, training_set, trained):
     # A second training in the same process starts from a different global RNG state: only seeding
     # before the model is built makes the gate compare runs that can be reproduced.
     model, _ = trained
-    again = artifact(dsl.Model, work / "model-again")
-    train_model.python_func(
-        training_set=training_set,
-        model_name="din",
-        epochs=1,
-        batch_size=128,
-        learning_rate=0.001,
-        seed=0,
-        model=again,
-        metrics=artifact(dsl.Metrics, work / "metrics-again"),
-    )
+    again, _ = train_din(work, training_set, "model-again")
     first = torch.load(model.path + "/model.pt", weights_only=True)["state_dict"]
     second = torch.load(again.path + "/model.pt", weights_only=True)["state_dict"]
     assert first.keys() == second.keys()
