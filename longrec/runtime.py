@@ -44,7 +44,7 @@ def retain_freed_memory() -> bool:
             mallopt = None
         if mallopt is not None:
             mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            # M_MMAP_MAX=0: no block gets its own mapping; a trim threshold of 2 GiB - 1: heap never shrinks.
+            # M_MMAP_MAX=0: no block gets a mapping of its own; the heap shrinks only past 2 GiB free at its top.
             _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     if not _applied:
         logger.info("glibc mallopt unavailable: freed memory goes back to the OS as usual")
