@@ -93,13 +93,10 @@ def main() -> None:
     else:
         device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    bandwidth = copy_bandwidth(device, sync, args.repeats)  # the best of the run, updated per length
+    bandwidth = 0.0  # the best copy bandwidth of the run, measured before each length
     if device.type == "cpu" and not cpu_kernel_available():
         raise SystemExit("the CPU scan kernel could not be built (see the warning above)")
-    print(
-        f"device {device}, torch threads {torch.get_num_threads()}, copy bandwidth {bandwidth / 1e9:.1f} GB/s, "
-        f"malloc: {malloc}"
-    )
+    print(f"device {device}, torch threads {torch.get_num_threads()}, malloc: {malloc}")
 
     rows = []
     for length in args.lengths:
