@@ -85,6 +85,23 @@ class ActivationUnit(nn.Module):
         hidden = self.input_activation(hidden, mask)
         return self.rest(hidden, mask).squeeze(-1)
 
+    def history_term(self, history: Tensor) -> Tensor:
+        """The target-independent part of the first layer, (W_e + W_diff)·e: [B, L, d] → [B, L, H]."""
+        w_e, _, w_diff, _ = self.input_layer.weight.split(self.dim, dim=1)
+        return F.linear(history, w_e + w_diff)
+
+    def score_targets(self, history: Tensor, history_term: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Weights [C, L] of C targets [C, d] against one precomputed history ([1, L, d], [1, L, H]).
+
+        Serving's split of ``forward``: ``history_term`` is computed once per user, only the product and
+        target terms once per candidate. Eval mode only (Dice uses its running statistics).
+        """
+        _, w_v, w_diff, w_prod = self.input_layer.weight.split(self.dim, dim=1)
+        target_term = F.linear(target, w_v - w_diff, self.input_layer.bias)  # [C, H]
+        hidden = F.linear(history * target.unsqueeze(1), w_prod) + history_term + target_term.unsqueeze(1)
+        hidden = self.input_activation(hidden, mask)
+        return self.rest(hidden, mask).squeeze(-1)
+
 
 class DIN(CTRModel):
     """Deep Interest Network with a target-aware activation unit over the padded, masked history."""
@@ -113,7 +130,9 @@ class DIN(CTRModel):
 
     def attention_weights(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """Per-position weights [B, L], exactly 0 on padded positions."""
-        scores = self.attention(history, target, mask)
+        return self._weights_from_scores(self.attention(history, target, mask), mask)
+
+    def _weights_from_scores(self, scores: Tensor, mask: Tensor) -> Tensor:
         if self.config.softmax_attention:
             scores = scores / math.sqrt(self.config.embedding_dim)
             # Masked softmax; multiplying by the mask afterwards keeps an all-padded row at zero, not NaN.
@@ -129,6 +148,25 @@ class DIN(CTRModel):
         target = self.item_embedding(batch["target_item"])  # [B, d]
         weights = self.attention_weights(history, target, mask)
         interest = torch.bmm(weights.unsqueeze(1), history).squeeze(1)  # Σ_j w_j e_j: [B, d]
+        head_input = torch.cat([interest, target, interest * target, self.side(batch)], dim=-1)
+        return self.head(head_input).squeeze(-1)
+
+    # -- serving: the candidate-independent user part once, then every candidate --------------------
+    def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What scoring needs from one user's history (a batch of one row), independent of the target."""
+        mask = batch["history_mask"]
+        history = self.item_embedding(batch["history_items"])
+        if self.time_embedding is not None:
+            history = history + self.time_embedding(batch["history_time_buckets"])
+        return {"history": history, "mask": mask, "history_term": self.attention.history_term(history)}
+
+    def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
+        history, mask = user["history"], user["mask"]
+        target = self.item_embedding(batch["target_item"])  # [C, d]
+        scores = self.attention.score_targets(history, user["history_term"], target, mask)
+        weights = self._weights_from_scores(scores, mask.expand_as(scores))
+        interest = weights @ history[0]  # [C, L] × [L, d]
         head_input = torch.cat([interest, target, interest * target, self.side(batch)], dim=-1)
         return self.head(head_input).squeeze(-1)
 

@@ -224,6 +224,21 @@ class IMN(CTRModel):
         """One Adam at ``lr · learning_rate_scale``."""
         return super().build_optimizers(lr * self.config.learning_rate_scale, weight_decay)
 
+    # -- serving: the memory starts from the target, so only the history embedding is shared ---------
+    def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The embedded history of one user (a batch of one row), shared by every candidate."""
+        return {"history": self.embed_history(batch), "mask": batch["history_mask"]}
+
+    def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
+        target = self.item_embedding(batch["target_item"])
+        count = target.shape[0]
+        history = user["history"].expand(count, -1, -1)
+        memory, _ = self.read_memory(history, target, user["mask"].expand(count, -1))
+        state = self.enhance(memory, target)
+        head_input = torch.cat([state, target, state * target, self.side(batch)], dim=-1)
+        return self.head(head_input).squeeze(-1)
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         target = self.item_embedding(batch["target_item"])
         memory, _ = self.read_memory(self.embed_history(batch), target, batch["history_mask"])

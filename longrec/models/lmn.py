@@ -232,6 +232,49 @@ class LMN(CTRModel):
         )
         return self.head(head_input).squeeze(-1)
 
+    # -- serving: history reads, attention's user half and g(user) once; then every candidate ---------
+    def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What scoring needs from one user (a batch of one row): history, g(user) and the history reads."""
+        mask = batch["history_mask"]
+        history = self.item_embedding(batch["history_items"])
+        users = self.user(batch)
+        positions, read_valid = self.read_positions(mask)
+        rows, cols = read_valid.nonzero(as_tuple=True)
+        if len(rows):
+            read_items = batch["history_items"].gather(1, positions)[rows, cols]
+            read_vectors = history[rows, positions[rows, cols]]
+            history_reads = self.read_memory(read_items, rows, read_vectors, users)
+        else:  # no history: nothing to read (the pool is then zero, as in forward)
+            history_reads = history.new_zeros(0, self.config.memory_value_dim)
+        return {
+            "history": history,
+            "mask": mask,
+            "history_term": self.attention.history_term(history),
+            "users": users,
+            "read_positions": positions[rows, cols],
+            "history_reads": history_reads,
+        }
+
+    def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
+        history, mask = user["history"], user["mask"]
+        target = self.item_embedding(batch["target_item"])  # [C, d]
+        count = target.shape[0]
+        weights = self.attention.score_targets(history, user["history_term"], target, mask)
+        weights = weights.masked_fill(~mask, 0.0)
+        interest = weights @ history[0]
+        owners = torch.zeros(count, dtype=torch.long, device=target.device)
+        target_read = self.read_memory(batch["target_item"], owners, target, user["users"])
+        reads = user["history_reads"]
+        if self.config.memory_pool == "mean":
+            pooled = (reads / max(len(reads), 1)).sum(0, keepdim=True).expand(count, -1)
+        else:
+            pooled = weights[:, user["read_positions"]] @ reads
+        head_input = torch.cat(
+            [interest, target, interest * target, self.side(batch), target_read, pooled], -1
+        )
+        return self.head(head_input).squeeze(-1)
+
     def _memory_objective(self, reads: Tensor, item_vectors: Tensor, users: Tensor) -> Tensor:
         """Mean Smooth-L1 between reads [N, d_v] and their stop-gradient targets T([e ; g])."""
         if reads.shape[0] == 0:

@@ -266,6 +266,18 @@ class RecBLR(CTRModel):
         )
         return self.encoder.last_state(batch["history_items"], mask, extra)
 
+    # -- serving: the sequence state is target-independent, computed once per user ----------------
+    def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The user state of one user (a batch of one row), shared by every candidate."""
+        return {"state": self.user_state(batch)}
+
+    def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
+        target = self.item_embedding(batch["target_item"])
+        state = user["state"].expand(target.shape[0], -1)
+        head_input = torch.cat([state, target, state * target, self.side(batch)], dim=-1)
+        return self.head(head_input).squeeze(-1)
+
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         state = self.user_state(batch)
         target = self.item_embedding(batch["target_item"])
