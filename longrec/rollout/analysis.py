@@ -1,0 +1,197 @@
+"""Online analysis of an experiment from its request log: per-arm impressions, clicks, CTR, HR@k, NDCG@k,
+latency p50/p99, error and degraded rates; the CTR uplift with intervals; the mSPRT over time; SRM on the
+current stage; and the guardrails.
+
+The unit of analysis is the impression (one served ranking with feedback); the assignment unit is the user.
+Impressions of one user are correlated, which the binomial variance ignores: with few requests per user (as
+in the replay, one per test-period interaction) the effect is small, but a heavy-user mix widens the true
+interval. SRM is checked on users, the unit that was randomised."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from longrec.rollout.assignment import CANDIDATE, CONTROL
+from longrec.rollout.state import Experiment
+from longrec.rollout.stats import compare_rates, msprt_lambda, rate_ratio_upper, srm_check
+
+ARMS = (CONTROL, CANDIDATE)
+# Guardrails on latency and errors need this many candidate requests before they can fire.
+MIN_GUARDRAIL_REQUESTS = 50
+
+
+def arm_metrics(frame: pd.DataFrame) -> dict:
+    """Metrics of the requests of one arm (rows of `read_requests`)."""
+    requests = len(frame)
+    ok = frame[frame["status"] == "ok"]
+    shown = ok[ok["clicked"].notna()]
+    positions = shown["position"].to_numpy(float)
+    top_k = shown["top_k"].to_numpy(float)
+    hits = (positions > 0) & (positions <= top_k)
+    ndcg = np.where(hits, 1.0 / np.log2(np.maximum(positions, 1) + 1), 0.0)
+    latency = ok["latency_ms"].dropna().to_numpy(float)
+    degraded = ok["flags"].map(lambda flags: bool(flags.get("degraded"))).to_numpy(bool) if len(ok) else np.array([])
+    clicks = int(shown["clicked"].sum()) if len(shown) else 0
+    impressions = len(shown)
+    return {
+        "requests": requests,
+        "users": int(frame["user_id"].nunique()),
+        "impressions": impressions,
+        "clicks": clicks,
+        "ctr": clicks / impressions if impressions else None,
+        "hr_at_k": float(hits.mean()) if impressions else None,
+        "ndcg_at_k": float(ndcg.mean()) if impressions else None,
+        "latency_p50_ms": float(np.percentile(latency, 50)) if len(latency) else None,
+        "latency_p99_ms": float(np.percentile(latency, 99)) if len(latency) else None,
+        "errors": requests - len(ok),
+        "error_rate": (requests - len(ok)) / requests if requests else None,
+        "degraded_rate": float(degraded.mean()) if len(degraded) else None,
+    }
+
+
+def sequential_curve(frame: pd.DataFrame, mixture_sd: float, max_points: int = 200) -> pd.DataFrame:
+    """The mSPRT after every impression (in time order), thinned to `max_points` rows for plots: columns
+    impressions, ts, control_n, candidate_n, difference, lambda, always_valid_p. The always-valid p is the
+    running minimum over every impression, so thinning never hides a crossing."""
+    shown = frame[(frame["status"] == "ok") & frame["clicked"].notna() & frame["arm"].isin(ARMS)]
+    columns = ["impressions", "ts", "control_n", "candidate_n", "difference", "lambda", "always_valid_p"]
+    if shown.empty:
+        return pd.DataFrame(columns=columns)
+    is_candidate = (shown["arm"] == CANDIDATE).to_numpy()
+    clicked = shown["clicked"].to_numpy(float)
+    n_b = np.cumsum(is_candidate)
+    n_a = np.cumsum(~is_candidate)
+    clicks_b = np.cumsum(clicked * is_candidate)
+    clicks_a = np.cumsum(clicked * ~is_candidate)
+    lam = np.where((n_a > 0) & (n_b > 0), msprt_lambda(clicks_a, n_a, clicks_b, n_b, mixture_sd), 1.0)
+    p = np.minimum.accumulate(np.minimum(1.0, 1.0 / lam))
+    difference = np.where(
+        (n_a > 0) & (n_b > 0), clicks_b / np.maximum(n_b, 1) - clicks_a / np.maximum(n_a, 1), 0.0
+    )
+    keep = np.unique(np.r_[np.linspace(0, len(shown) - 1, min(max_points, len(shown))).astype(int)])
+    return pd.DataFrame(
+        {
+            "impressions": keep + 1,
+            "ts": shown["ts"].to_numpy(float)[keep],
+            "control_n": n_a[keep],
+            "candidate_n": n_b[keep],
+            "difference": difference[keep],
+            "lambda": lam[keep],
+            "always_valid_p": p[keep],
+        }
+    )[columns]
+
+
+@dataclass
+class Analysis:
+    """Everything a decision and the report need, JSON-able through `to_dict`."""
+
+    experiment_id: int
+    traffic_percent: float
+    arms: dict  # arm -> arm_metrics over the whole experiment
+    stage_arms: dict  # arm -> arm_metrics since the traffic last changed
+    comparison: dict | None  # CTR of candidate vs control (stats.Comparison), None before both arms have data
+    srm: dict
+    guardrails: list[dict]  # {name, value, limit, breached, reason}
+    curve: pd.DataFrame = field(repr=False)
+    unassigned_errors: int = 0  # failed requests the client could not attribute to an arm
+
+    @property
+    def guardrail_breaches(self) -> list[dict]:
+        return [g for g in self.guardrails if g["breached"]]
+
+    def to_dict(self) -> dict:
+        return {
+            "experiment_id": self.experiment_id,
+            "traffic_percent": self.traffic_percent,
+            "arms": self.arms,
+            "stage_arms": self.stage_arms,
+            "comparison": self.comparison,
+            "srm": self.srm,
+            "guardrails": self.guardrails,
+            "unassigned_errors": self.unassigned_errors,
+            "curve": self.curve.to_dict(orient="list"),
+        }
+
+
+def analyse(experiment: Experiment, requests: pd.DataFrame) -> Analysis:
+    """Analyse the logged requests of one experiment (rows of `read_requests(..., experiment.id)`)."""
+    requests = requests[requests["experiment_id"] == experiment.id] if len(requests) else requests
+    arms = {arm: arm_metrics(requests[requests["arm"] == arm]) for arm in ARMS}
+    stage = requests[requests["ts"] >= experiment.stage_started_at]
+    stage_arms = {arm: arm_metrics(stage[stage["arm"] == arm]) for arm in ARMS}
+    a, b = arms[CONTROL], arms[CANDIDATE]
+    comparison = None
+    if a["impressions"] and b["impressions"]:
+        curve = sequential_curve(requests, experiment.test.mixture_sd)
+        comparison = compare_rates(
+            a["clicks"], a["impressions"], b["clicks"], b["impressions"],
+            alpha=experiment.test.alpha, mixture_sd=experiment.test.mixture_sd,
+            previous_p=float(curve["always_valid_p"].iloc[-1]),
+        ).to_dict()  # fmt: skip
+    else:
+        curve = sequential_curve(requests.iloc[0:0], experiment.test.mixture_sd)
+    srm = srm_check(
+        stage_arms[CONTROL]["users"], stage_arms[CANDIDATE]["users"], experiment.traffic / 100,
+        alpha=experiment.test.srm_alpha,
+    ).to_dict()  # fmt: skip
+    return Analysis(
+        experiment_id=experiment.id,
+        traffic_percent=experiment.traffic,
+        arms=arms,
+        stage_arms=stage_arms,
+        comparison=comparison,
+        srm=srm,
+        guardrails=check_guardrails(experiment, arms),
+        curve=curve,
+        unassigned_errors=int(((~requests["arm"].isin(ARMS)) & (requests["status"] != "ok")).sum()),
+    )
+
+
+def check_guardrails(experiment: Experiment, arms: dict) -> list[dict]:
+    """Each guardrail with its value and whether the candidate breaks it (only once there is enough data)."""
+    limits = experiment.guardrails
+    a, b = arms[CONTROL], arms[CANDIDATE]
+    enough = b["requests"] >= MIN_GUARDRAIL_REQUESTS
+    rows = [
+        {
+            "name": "error rate",
+            "value": b["error_rate"],
+            "limit": f"<= {limits.max_error_rate:.2%}",
+            "breached": bool(enough and b["error_rate"] > limits.max_error_rate),
+        },
+        {
+            "name": "p99 latency (ms)",
+            "value": b["latency_p99_ms"],
+            "limit": f"<= {limits.max_p99_latency_ms:g}",
+            "breached": bool(enough and b["latency_p99_ms"] is not None and b["latency_p99_ms"] > limits.max_p99_latency_ms),
+        },
+    ]  # fmt: skip
+    ratio = upper = None
+    breached = False
+    if a["impressions"] and b["impressions"] and a["clicks"]:
+        ratio = b["ctr"] / a["ctr"]
+        upper = rate_ratio_upper(a["clicks"], a["impressions"], b["clicks"], b["impressions"])
+        # Both the estimate and its upper 95 % bound under the limit: a clear loss, not noise.
+        breached = bool(
+            b["impressions"] >= experiment.test.min_impressions_per_arm and upper < limits.min_ctr_ratio
+        )
+    rows.append(
+        {
+            "name": "CTR ratio candidate/control",
+            "value": ratio,
+            "upper_95": upper,
+            "limit": f">= {limits.min_ctr_ratio:g}",
+            "breached": breached,
+        }
+    )
+    for row in rows:
+        row["reason"] = f"{row['name']} {_fmt(row['value'])} breaks {row['limit']}" if row["breached"] else ""
+    return rows
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
