@@ -1,0 +1,1 @@
+"""Serving: the promoted model behind a BentoML ranker (see serving/service.py for the service graph)."""

@@ -1,0 +1,64 @@
+"""What a ranker service serves: one JSON file written when the service is packaged (or by `longrec
+serve`), read by ``serving/service.py`` at import. Environment variables override the runtime parts.
+
+Light on purpose (json and dataclasses only): `bentoml serve` and `bentoml build` import the service
+module, which must not load anything heavy at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["CONFIG_ENV", "CONFIG_FILE", "ServingConfig", "load_serving_config"]
+
+CONFIG_ENV = "LONGREC_SERVING_CONFIG"  # path of a config file, wins over the one bundled in a Bento
+CONFIG_FILE = "longrec_serving.json"  # bundled next to service.py inside a Bento
+DEFAULT_SHARDS = 2
+
+
+@dataclass
+class ServingConfig:
+    """The model (BentoML tag), its file checksums, its memory shard models, and where features live."""
+
+    model_tag: str
+    model_name: str
+    model_files: dict[str, str] = field(default_factory=dict)  # {file: sha256} checked at start-up
+    shard_tags: list[str] = field(default_factory=list)  # one BentoML model per memory shard (LMN)
+    dataset: str | None = None
+    feature_repo: str | None = None  # Feast repo folder; None = rank with empty histories
+    feature_store_yaml: str | None = None  # e.g. a Redis config; default <feature_repo>/feature_store.yaml
+    shard_timeout_s: float = 0.5  # deadline of one memory gather; past it the slots read as zero
+    shard_retry_after_s: float = 1.0  # a failed shard is skipped this long before it is asked again
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ServingConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def with_environment(self) -> ServingConfig:
+        """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S."""
+        values = asdict(self)
+        if os.environ.get("LONGREC_FEATURE_REPO"):
+            values["feature_repo"] = os.environ["LONGREC_FEATURE_REPO"]
+        if os.environ.get("LONGREC_FEATURE_STORE_YAML"):
+            values["feature_store_yaml"] = os.environ["LONGREC_FEATURE_STORE_YAML"]
+        if os.environ.get("LONGREC_SHARD_TIMEOUT_S"):
+            values["shard_timeout_s"] = float(os.environ["LONGREC_SHARD_TIMEOUT_S"])
+        return ServingConfig(**values)
+
+
+def load_serving_config(bundled_dir: str | Path | None = None) -> ServingConfig | None:
+    """$LONGREC_SERVING_CONFIG, else ``CONFIG_FILE`` in ``bundled_dir``; None when neither exists."""
+    path = os.environ.get(CONFIG_ENV)
+    if path:
+        return ServingConfig.from_json(path).with_environment()
+    if bundled_dir is not None and (Path(bundled_dir) / CONFIG_FILE).is_file():
+        return ServingConfig.from_json(Path(bundled_dir) / CONFIG_FILE).with_environment()
+    return None

@@ -1,0 +1,213 @@
+"""The ranker: load a registered model (checked against its file manifest), read the user's features
+online, compute the candidate-independent part once and score every candidate in one pass.
+
+``Ranker`` holds its scorers in a dict keyed by arm so an A/B split can add a second model version
+beside the first; today every user goes to the single arm ``"main"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longrec.serving.features import OnlineFeatures, UserFeatures, build_batches, empty_user
+from longrec.serving.schemas import RankRequest, RankResponse, ScoredItem
+
+__all__ = [
+    "ModelFileError",
+    "ModelScorer",
+    "Ranker",
+    "RankingError",
+    "UnknownItemError",
+    "file_manifest",
+    "verify_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+MAIN_ARM = "main"
+MODEL_FILES = ("model.pt", "model_meta.json")
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing or differs from the manifest recorded when the service was packaged."""
+
+
+class RankingError(ValueError):
+    """A request the model cannot score (the message names the field); a 4xx, never a 5xx."""
+
+
+class UnknownItemError(RankingError):
+    """A candidate or history item id outside the model's item vocabulary."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_manifest(directory: str | Path, names: tuple[str, ...] = MODEL_FILES) -> dict[str, str]:
+    """{file name: sha256} of the files of a model folder that serving reads."""
+    directory = Path(directory)
+    return {name: sha256_file(directory / name) for name in names if (directory / name).is_file()}
+
+
+def verify_manifest(directory: str | Path, manifest: dict[str, str]) -> None:
+    """Raise ``ModelFileError`` naming the first file that is missing or does not match its sha256."""
+    directory = Path(directory)
+    for name, expected in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelFileError(f"model file {name} is missing from {directory}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelFileError(
+                f"model file {name} in {directory} fails its checksum: sha256 {actual[:12]}… but the "
+                f"manifest says {expected[:12]}… (corrupted or replaced)"
+            )
+
+
+class ModelScorer:
+    """One loaded model version: ``encode_user`` once per request, then ``score_candidates``."""
+
+    def __init__(self, model_dir: str | Path, tag: str, manifest: dict[str, str] | None = None) -> None:
+        from longrec.train.trainer import load_checkpoint
+
+        model_dir = Path(model_dir)
+        if manifest:
+            verify_manifest(model_dir, manifest)
+        try:
+            self.model, meta = load_checkpoint(model_dir / "model.pt")
+        except Exception as error:  # a truncated or foreign file: say which, not a torch traceback
+            raise ModelFileError(f"model file model.pt in {model_dir} is unreadable: {error}") from error
+        self.model.eval()
+        self.spec = meta["spec"]
+        self.name = meta["model_name"]
+        self.tag = tag
+        self.model_dir = model_dir
+
+    @property
+    def needs_memory(self) -> bool:
+        return hasattr(self.model, "sharded_memory")
+
+    def attach_memory(self, memory) -> None:
+        """Serve LMN's eval-mode reads from ``memory`` (a ``ShardedMemory``, local or remote)."""
+        if memory.config != self.model.memory.config:
+            raise ModelFileError(f"memory shards have {memory.config}, the model has {self.model.memory.config}")
+        self.model.sharded_memory = memory
+
+    @torch.no_grad()
+    def score(self, user_batch: dict, candidate_batch: dict) -> np.ndarray:
+        """Logits [C] for the candidates (float64 for JSON)."""
+        user = self.model.encode_user(user_batch)
+        return self.model.score_candidates(user, candidate_batch).double().numpy()
+
+    def check_items(self, items: np.ndarray, field_name: str) -> None:
+        if items.size and int(items.max()) >= self.spec.n_items:
+            bad = [int(i) for i in items[items >= self.spec.n_items][:5]]
+            raise UnknownItemError(
+                f"{field_name}: unknown item id(s) {bad} (this model knows ids 1..{self.spec.n_items - 1})"
+            )
+
+
+@dataclass
+class RankerMetrics:
+    """Hooks the service points at its Prometheus metrics; no-ops by default (in-process use)."""
+
+    observe_request: Callable[[str, float], None] = lambda arm, seconds: None
+    count_flag: Callable[[str], None] = lambda flag: None
+    extra: dict = field(default_factory=dict)
+
+
+class Ranker:
+    """Scores candidates for users with the models of ``scorers`` (by arm) and online features."""
+
+    def __init__(
+        self,
+        scorers: dict[str, ModelScorer],
+        features: OnlineFeatures | None,
+        metrics: RankerMetrics | None = None,
+    ) -> None:
+        if not scorers:
+            raise ValueError("a ranker needs at least one model")
+        self.scorers = scorers
+        self.features = features
+        self.metrics = metrics or RankerMetrics()
+
+    def arm_for(self, user_id: int) -> str:
+        """The arm serving ``user_id`` (one arm today; an A/B split would bucket users here)."""
+        return MAIN_ARM
+
+    def ready(self) -> tuple[bool, str]:
+        """(ready, reason): model(s) loaded, features reachable, every shard loaded."""
+        if self.features is not None and not self.features.ready:
+            if not self.features.load_item_genres():
+                return False, f"feature store not readable: {self.features.last_error}"
+        return True, "ok"
+
+    def _user_features(self, request: RankRequest) -> UserFeatures:
+        if request.history is not None:
+            items = np.asarray(request.history.items, dtype=np.int64)
+            stamps = np.asarray(request.history.timestamps, dtype=np.int64)
+            base = self.features.user(request.user_id) if self.features is not None else empty_user()
+            if base.fallback:
+                base = empty_user(fallback=True)
+            return UserFeatures(items, stamps, base.side, found=True, fallback=base.fallback)
+        if self.features is None:
+            return empty_user()
+        return self.features.user(request.user_id)
+
+    def rank(self, request: RankRequest) -> RankResponse:
+        """Score every candidate of ``request`` in one pass and return them best first."""
+        started = time.perf_counter()
+        arm = self.arm_for(request.user_id)
+        scorer = self.scorers[arm]
+        candidates = np.asarray(request.candidate_items, dtype=np.int64)
+        scorer.check_items(candidates, "candidate_items")
+        if request.history is not None:
+            scorer.check_items(np.asarray(request.history.items, dtype=np.int64), "history.items")
+        user = self._user_features(request)
+        genres = self.features.genres(candidates) if self.features is not None else np.zeros_like(candidates)
+        user_batch, candidate_batch = build_batches(
+            scorer.spec, request.user_id, user, candidates, genres, request.timestamp
+        )
+        # History items the model has never seen (newer than the model) read as padding's zero row.
+        history = user_batch["history_items"]
+        history[history >= scorer.spec.n_items] = 0
+        memory = getattr(scorer.model, "sharded_memory", None)
+        if memory is not None and hasattr(memory, "degraded"):
+            memory.degraded = False
+        logits = scorer.score(user_batch, candidate_batch)
+        degraded = bool(memory is not None and getattr(memory, "degraded", False))
+        order = np.argsort(-logits, kind="stable")
+        if request.top_k is not None:
+            order = order[: request.top_k]
+        scores = 1.0 / (1.0 + np.exp(-logits))
+        unknown = not user.found and not user.fallback
+        response = RankResponse(
+            items=[
+                ScoredItem(item_id=int(candidates[i]), score=float(scores[i]), logit=float(logits[i]))
+                for i in order
+            ],
+            model_tag=scorer.tag,
+            model_name=scorer.name,
+            history_length=int(user_batch["history_mask"].sum()),
+            unknown_user=unknown or not 0 < request.user_id < scorer.spec.n_users,
+            feature_fallback=user.fallback,
+            degraded_memory=degraded,
+        )
+        for flag in ("unknown_user", "feature_fallback", "degraded_memory"):
+            if getattr(response, flag):
+                self.metrics.count_flag(flag)
+        self.metrics.observe_request(arm, time.perf_counter() - started)
+        return response

@@ -1,0 +1,165 @@
+"""The pieces of the BentoML services that are plain Python: building a ranker from a config, its
+Prometheus metrics, and the ASGI guard that keeps non-JSON and oversized bodies away from the API.
+
+``serving/service.py`` stays a thin declaration of the service graph over these.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from longrec.serving.config import ServingConfig
+
+__all__ = ["BodyGuard", "MAX_BODY_BYTES", "build_ranker", "quiet_threads", "serving_metrics"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 candidates and a 10,000-event override fit in well under it
+
+_METRICS: dict | None = None
+
+
+def quiet_threads() -> None:
+    """One intra-op thread and no OpenMP spinning: a serving worker shares its cores."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def serving_metrics() -> dict:
+    """The ranker's Prometheus metrics, created once per process (after BentoML set the multiprocess dir)."""
+    global _METRICS
+    if _METRICS is None:
+        from prometheus_client import Counter, Histogram
+
+        buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+        _METRICS = {
+            "requests": Counter("longrec_rank_requests", "Ranked requests.", ["arm", "model"]),
+            "latency": Histogram(
+                "longrec_rank_latency_seconds", "Time to rank one request.", ["arm"], buckets=buckets
+            ),
+            "errors": Counter("longrec_rank_errors", "Rejected or failed rank requests.", ["kind"]),
+            "flags": Counter("longrec_rank_flags", "Responses carrying a flag.", ["flag"]),
+            "shard_latency": Histogram(
+                "longrec_memory_shard_latency_seconds", "One gather from a memory shard.", ["shard"],
+                buckets=buckets,
+            ),
+            "shard_failures": Counter("longrec_memory_shard_failures", "Failed shard gathers.", ["shard"]),
+        }
+    return _METRICS
+
+
+def build_ranker(
+    config: ServingConfig,
+    model_dir: str | Path,
+    memory_dir: str | Path | None = None,
+    shard_clients: Sequence[Callable] = (),
+    with_metrics: bool = True,
+):
+    """A ``Ranker`` for ``config``: the model checked against its manifest, the memory index (manifest and
+    keys) from ``memory_dir``, gathers through ``shard_clients``, features from the configured Feast repo."""
+    from longrec.serving.features import OnlineFeatures
+    from longrec.serving.memory import RemoteShardedMemory, load_memory_index
+    from longrec.serving.ranker import ModelFileError, ModelScorer, Ranker, RankerMetrics
+
+    scorer = ModelScorer(model_dir, config.model_tag, config.model_files)
+    metrics = RankerMetrics()
+    on_shard_call = None
+    if with_metrics:
+        registry = serving_metrics()
+
+        def observe_request(arm: str, seconds: float) -> None:
+            registry["requests"].labels(arm=arm, model=scorer.name).inc()
+            registry["latency"].labels(arm=arm).observe(seconds)
+
+        def on_shard_call(shard: int, seconds: float, ok: bool) -> None:
+            registry["shard_latency"].labels(shard=str(shard)).observe(seconds)
+            if not ok:
+                registry["shard_failures"].labels(shard=str(shard)).inc()
+
+        metrics = RankerMetrics(
+            observe_request=observe_request,
+            count_flag=lambda flag: registry["flags"].labels(flag=flag).inc(),
+        )
+    if scorer.needs_memory:
+        if memory_dir is None or not shard_clients:
+            raise ModelFileError(f"{scorer.name} needs its memory shard models; the config lists none")
+        index = load_memory_index(memory_dir)
+        memory = RemoteShardedMemory(
+            index,
+            shard_clients,
+            timeout_s=config.shard_timeout_s,
+            retry_after_s=config.shard_retry_after_s,
+            on_shard_call=on_shard_call,
+        )
+        scorer.attach_memory(memory)
+    features = None
+    if config.feature_repo:
+        features = OnlineFeatures(config.feature_repo, scorer.spec.n_items, config.feature_store_yaml)
+    return Ranker({"main": scorer}, features, metrics)
+
+
+class BodyGuard:
+    """ASGI middleware for the ranker: POST bodies must be JSON and at most ``max_bytes``; else 415/413."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, paths: tuple[str, ...] = ("/rank",)) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.paths = paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            await self._reject(send, 415, f"body must be application/json, got {media_type or 'no content-type'}")
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._reject(send, 413, f"body larger than {self.max_bytes} bytes")
+            return
+        # Without a Content-Length (chunked), count as the body arrives.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._reject(send, 413, f"body larger than {self.max_bytes} bytes")
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(send, status: int, message: str) -> None:
+        import json
+
+        payload = json.dumps({"error": message}).encode()
+        serving_metrics()["errors"].labels(kind=str(status)).inc()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,147 @@
+"""The longrec ranker as a BentoML 1.4 service graph.
+
+``Ranker`` serves ``POST /rank``. For an LMN model it depends (``bentoml.depends``) on one ``MemoryShardN``
+service per shard model of the config, each holding one slot range of the value table and answering
+``gather``; the shards run, scale and restart as their own processes. Other models have no shards.
+
+What is served comes from ``longrec_serving.json`` (bundled in a Bento by ``longrec.serving.package``) or
+the file named by $LONGREC_SERVING_CONFIG (``longrec serve`` writes one). Importing this module loads
+nothing heavy: models, shards and the feature store load in each service's ``__init__``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import bentoml
+import numpy as np
+
+from longrec.serving.config import DEFAULT_SHARDS, ServingConfig, load_serving_config
+from longrec.serving.schemas import RankRequest, RankResponse
+from longrec.serving.service_support import BodyGuard, quiet_threads, serving_metrics
+
+logger = logging.getLogger("longrec.serving")
+
+CONFIG: ServingConfig | None = load_serving_config(Path(__file__).parent)
+ENVS = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}, {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}]
+
+
+def _not_ready(message: str):
+    from starlette.exceptions import HTTPException
+
+    return HTTPException(status_code=503, detail=message)
+
+
+def memory_shard_service(index: int, tag: str, timeout_s: float):
+    """The service of memory shard ``index``: loads its value file (checked against the manifest)."""
+
+    class MemoryShard:
+        shard_model = bentoml.models.BentoModel(tag)
+
+        def __init__(self) -> None:
+            quiet_threads()
+            from longrec.serving.memory import ShardValues
+
+            self.error: str | None = None
+            try:
+                self.values = ShardValues(self.shard_model.path, index)
+            except Exception as error:  # a corrupted or missing file: not ready, and say which
+                self.error = f"memory shard {index} ({tag}) failed to load: {error}"
+                logger.error(self.error)
+
+        def __is_ready__(self) -> bool:
+            if self.error:
+                raise _not_ready(self.error)
+            return True
+
+        @bentoml.api
+        def gather(self, slots: np.ndarray) -> np.ndarray:
+            """Value rows [N, d_v] of global slot ids in this shard's range."""
+            if self.error:
+                raise bentoml.exceptions.ServiceUnavailable(self.error)
+            return self.values.gather(slots)
+
+    MemoryShard.__name__ = MemoryShard.__qualname__ = f"MemoryShard{index}"
+    # The ranker's client times out at this service's traffic timeout; its own deadline is shorter.
+    return bentoml.service(
+        name=f"MemoryShard{index}", workers=1, envs=ENVS, traffic={"timeout": max(1.0, 4 * timeout_s)}
+    )(MemoryShard)
+
+
+class Ranker:
+    """Scores 1..1,000 candidate items for a user: online features, one forward pass, flags."""
+
+    def __init__(self) -> None:
+        quiet_threads()
+        self.error: str | None = None
+        self.ranker = None
+        if CONFIG is None:
+            self.error = "no model configured: set LONGREC_SERVING_CONFIG or serve with `longrec serve`"
+            logger.error(self.error)
+            return
+        from longrec.serving.service_support import build_ranker
+
+        n_shards = len(CONFIG.shard_tags)
+        shards = [getattr(self, f"memory_shard_{i}") for i in range(n_shards)]
+        try:
+            self.ranker = build_ranker(
+                CONFIG,
+                self.model_ref.path,
+                memory_dir=self.memory_index.path if n_shards else None,
+                shard_clients=[_gather_client(shard) for shard in shards],
+            )
+        except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
+            self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
+            logger.error(self.error)
+
+    def __is_ready__(self) -> bool:
+        if self.error:
+            raise _not_ready(self.error)
+        ready, reason = self.ranker.ready()
+        if not ready:
+            raise _not_ready(reason)
+        return True
+
+    @bentoml.api(route="/rank", input_spec=RankRequest, output_spec=RankResponse)
+    def rank(self, **fields) -> RankResponse:
+        """Rank ``candidate_items`` for ``user_id`` (best first), with the model tag and flags."""
+        from longrec.serving.ranker import RankingError
+
+        if self.ranker is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.error or "not loaded")
+        request = RankRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+        try:
+            return self.ranker.rank(request)
+        except RankingError as error:
+            serving_metrics()["errors"].labels(kind="invalid").inc()
+            raise bentoml.exceptions.InvalidArgument(str(error)) from error
+        except Exception:
+            serving_metrics()["errors"].labels(kind="internal").inc()
+            raise
+
+
+def _gather_client(shard):
+    """A callable slots -> rows over a shard dependency: a remote proxy when served, the instance in-process."""
+    return lambda slots: shard.gather(slots=slots)
+
+
+if CONFIG is not None:
+    Ranker.model_ref = bentoml.models.BentoModel(CONFIG.model_tag)
+    if CONFIG.shard_tags:  # the ranker reads the manifest and the replicated keys from shard 0's model
+        Ranker.memory_index = bentoml.models.BentoModel(CONFIG.shard_tags[0])
+    for _index, _tag in enumerate(CONFIG.shard_tags):
+        setattr(
+            Ranker,
+            f"memory_shard_{_index}",
+            bentoml.depends(memory_shard_service(_index, _tag, CONFIG.shard_timeout_s)),
+        )
+
+Ranker = bentoml.service(
+    name="Ranker",
+    workers=1,
+    envs=ENVS,
+    traffic={"timeout": 30},
+    labels={"project": "longrec", "default_shards": str(DEFAULT_SHARDS)},
+)(Ranker)
+Ranker.add_asgi_middleware(BodyGuard)

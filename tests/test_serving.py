@@ -1,0 +1,269 @@
+"""Serving, in process: the split forward and the ranker against the offline model (parity to 1e-5 for
+every model type, LMN through 2 shard readers), request validation, flags, file checks, and the BentoML
+service classes instantiated and called without a server."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from longrec.data.tensors import time_buckets
+from longrec.features.store import create_feature_repo, materialize
+from longrec.memory.sharded import MemoryShardError
+from longrec.models.registry import build_model
+from longrec.serving.demo import demo_frames, demo_spec, store_model_dir, write_model_dir
+from longrec.serving.memory import ShardValues
+from longrec.serving.package import prepare_serving
+from longrec.serving.ranker import ModelFileError, UnknownItemError
+from longrec.serving.schemas import RankRequest
+from longrec.serving.service_support import build_ranker
+
+MODELS = {
+    "din": {},
+    "imn": {},
+    "recblr": {},
+    "lmn": {"memory_slots": 256, "memory_top_k": 4, "memory_key_dim": 16, "memory_value_dim": 8},
+}
+NOW = 880_100_000
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A Feast repo (SQLite) of synthetic events and one stored model of each type, random weights."""
+    root = tmp_path_factory.mktemp("serving")
+    spec = demo_spec()
+    events, items, users = demo_frames(spec, events_per_user=11)
+    store = create_feature_repo(root / "repo", events, items, users, spec.max_history_length)
+    materialize(store)
+    tags = {}
+    for name, overrides in MODELS.items():
+        torch.manual_seed(1)
+        model = build_model(name, spec, overrides)
+        write_model_dir(model, root / "trained" / name)
+        tags[name] = store_model_dir(root / "registry", root / "trained" / name, f"longrec-demo-{name}")
+    return {"root": root, "spec": spec, "events": events, "repo": root / "repo", "tags": tags}
+
+
+def local_ranker(world, name: str, **config_overrides):
+    """A ranker for stored model ``name``; LMN's 2 shards are read in process through ShardValues."""
+    config = prepare_serving(world["root"] / "registry", world["tags"][name], 2, world["repo"])
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    from longrec.registry.store import ModelRegistry
+
+    registry = ModelRegistry(world["root"] / "registry")
+    model_dir = registry.model_path(config.model_tag)
+    shard_dirs = [registry.model_path(tag) for tag in config.shard_tags]
+    clients = [ShardValues(path, i).gather for i, path in enumerate(shard_dirs)]
+    ranker = build_ranker(config, model_dir, shard_dirs[0] if shard_dirs else None, clients, with_metrics=False)
+    return ranker, config
+
+
+def offline_logits(world, name: str, user_id: int, candidates: list[int]) -> np.ndarray:
+    """The offline model (its own, unsharded memory) on a batch built from the raw events."""
+    from longrec.train.trainer import load_checkpoint
+
+    spec, events = world["spec"], world["events"]
+    mine = events[events["user_id"] == user_id].sort_values("timestamp", kind="stable").tail(spec.max_history_length)
+    length = spec.max_history_length
+    items = np.zeros((1, length), np.int64)
+    stamps = np.zeros((1, length), np.int64)
+    items[0, : len(mine)] = mine["item_id"]
+    stamps[0, : len(mine)] = mine["timestamp"]
+    mask = items != 0
+    count = len(candidates)
+    users = {1 + u: (1 + u) % spec.n_ages for u in range(spec.n_users)}
+    batch = {
+        "user_id": torch.full((count,), user_id),
+        "target_item": torch.tensor(candidates),
+        "history_items": torch.from_numpy(items).expand(count, -1),
+        "history_time_buckets": torch.from_numpy(time_buckets(stamps, np.array([NOW]), mask)).expand(count, -1),
+        "history_mask": torch.from_numpy(mask).expand(count, -1),
+        "target_genre": torch.tensor(candidates) % spec.n_genres,
+        "user_age": torch.full((count,), users[user_id]),
+        "user_gender": torch.full((count,), 1 + user_id % (spec.n_genders - 1)),
+        "user_occupation": torch.full((count,), user_id % spec.n_occupations),
+    }
+    model, _ = load_checkpoint(world["root"] / "trained" / name / "model.pt")
+    with torch.no_grad():
+        return model(batch).double().numpy()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_served_scores_equal_offline_scores(world, name: str) -> None:
+    ranker, config = local_ranker(world, name)
+    candidates = [5, 17, 3, 42, 59, 8, 23]
+    response = ranker.rank(RankRequest(user_id=3, candidate_items=candidates, timestamp=NOW))
+    served = {item.item_id: item.logit for item in response.items}
+    expected = offline_logits(world, name, 3, candidates)
+    np.testing.assert_allclose([served[c] for c in candidates], expected, atol=1e-5, rtol=0)
+    assert [i.item_id for i in response.items] == [candidates[j] for j in np.argsort(-expected, kind="stable")]
+    assert response.model_tag == world["tags"][name] and response.model_name == name
+    assert response.history_length == world["spec"].max_history_length
+    assert not (response.unknown_user or response.feature_fallback or response.degraded_memory)
+    assert (len(config.shard_tags) == 2) == (name == "lmn")
+
+
+def test_top_k_and_history_override(world) -> None:
+    ranker, _ = local_ranker(world, "din")
+    full = ranker.rank(RankRequest(user_id=2, candidate_items=list(range(1, 31)), timestamp=NOW))
+    top = ranker.rank(RankRequest(user_id=2, candidate_items=list(range(1, 31)), top_k=5, timestamp=NOW))
+    assert [i.item_id for i in top.items] == [i.item_id for i in full.items[:5]]
+    override = {"items": [4, 4, 9], "timestamps": [NOW - 900, NOW - 600, NOW - 60]}
+    other = ranker.rank(RankRequest(user_id=2, candidate_items=[1, 2, 3], history=override, timestamp=NOW))
+    assert other.history_length == 3
+
+
+def test_unknown_user_is_scored_with_an_empty_history_and_flagged(world) -> None:
+    ranker, _ = local_ranker(world, "lmn")
+    for user in (11, 10_000):  # in the vocabulary without events; outside the vocabulary
+        response = ranker.rank(RankRequest(user_id=user, candidate_items=[1, 2, 3], timestamp=NOW))
+        assert response.unknown_user and response.history_length == 0 and len(response.items) == 3
+        assert all(np.isfinite(i.score) for i in response.items)
+
+
+def test_unknown_items_are_rejected_naming_the_field(world) -> None:
+    ranker, _ = local_ranker(world, "din")
+    with pytest.raises(UnknownItemError, match="candidate_items.*60"):
+        ranker.rank(RankRequest(user_id=1, candidate_items=[1, 60]))
+    with pytest.raises(UnknownItemError, match="history.items"):
+        ranker.rank(RankRequest(user_id=1, candidate_items=[1], history={"items": [99], "timestamps": [1]}))
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "7", "candidate_items": [1]}, "user_id"),
+        ({"user_id": 1, "candidate_items": []}, "candidate_items"),
+        ({"user_id": 1, "candidate_items": list(range(1, 1002))}, "candidate_items"),
+        ({"user_id": 1, "candidate_items": [1, -4]}, "candidate_items"),
+        ({"user_id": 1, "candidate_items": [1, 0]}, "candidate_items"),
+        ({"user_id": -1, "candidate_items": [1]}, "user_id"),
+        ({"user_id": 1, "candidate_items": [1.5]}, "candidate_items"),
+        ({"user_id": 1, "candidate_items": [1], "top_k": 0}, "top_k"),
+        ({"user_id": 1, "candidate_items": [1], "history": {"items": [1, 2], "timestamps": [1]}}, "history"),
+        ({"user_id": 1, "candidate_items": [1], "surprise": 1}, "surprise"),
+    ],
+)
+def test_request_limits_name_the_field(body: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        RankRequest.model_validate(body)
+
+
+def test_corrupted_model_file_is_named(world, tmp_path: Path) -> None:
+    ranker, config = local_ranker(world, "din")
+    model_dir = tmp_path / "model"
+    shutil.copytree(ranker.scorers["main"].model_dir, model_dir)
+    with (model_dir / "model.pt").open("r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00garbage\x00")
+    with pytest.raises(ModelFileError, match="model.pt.*checksum"):
+        build_ranker(config, model_dir, with_metrics=False)
+
+
+def test_corrupted_shard_file_is_named(world, tmp_path: Path) -> None:
+    _, config = local_ranker(world, "lmn")
+    from longrec.registry.store import ModelRegistry
+
+    shard_dir = tmp_path / "shard1"
+    shutil.copytree(ModelRegistry(world["root"] / "registry").model_path(config.shard_tags[1]), shard_dir)
+    values = next(shard_dir.glob("values-00001-*.safetensors"))
+    values.write_bytes(values.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(MemoryShardError, match=rf"memory shard 1 \({values.name}\) fails its checksum"):
+        ShardValues(shard_dir, 1)
+
+
+def test_dead_shard_degrades_within_the_timeout_and_recovers(world) -> None:
+    ranker, _ = local_ranker(world, "lmn", shard_timeout_s=0.2, shard_retry_after_s=0.3)
+    memory = ranker.scorers["main"].model.sharded_memory
+    healthy = memory.clients[1]
+    request = RankRequest(user_id=4, candidate_items=list(range(1, 40)), timestamp=NOW)
+    normal = ranker.rank(request)
+
+    def hanging(slots):
+        time.sleep(2.0)
+        return healthy(slots)
+
+    memory.clients[1] = hanging
+    started = time.perf_counter()
+    degraded = ranker.rank(request)
+    assert time.perf_counter() - started < 1.0
+    assert degraded.degraded_memory and len(degraded.items) == 39
+    skipped = ranker.rank(request)  # inside retry_after: not asked at all
+    assert skipped.degraded_memory
+    memory.clients[1] = healthy
+    time.sleep(0.35)
+    recovered = ranker.rank(request)
+    assert not recovered.degraded_memory
+    assert [i.logit for i in recovered.items] == [i.logit for i in normal.items]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_down_falls_back_and_recovers(world, tmp_path: Path) -> None:
+    events, items, users = demo_frames(world["spec"], events_per_user=11)
+    port = _free_port()
+    command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        store = create_feature_repo(
+            tmp_path / "repo", events, items, users, world["spec"].max_history_length,
+            online_store={"type": "redis", "connection_string": f"localhost:{port}"},
+        )  # fmt: skip
+        materialize(store)
+        ranker, _ = local_ranker(world, "din", feature_repo=str(tmp_path / "repo"))
+        request = RankRequest(user_id=3, candidate_items=[1, 2, 3, 4], timestamp=NOW)
+        normal = ranker.rank(request)
+        assert not normal.feature_fallback and normal.history_length == 8
+        server.terminate()
+        server.wait(timeout=10)
+        down = ranker.rank(request)
+        assert down.feature_fallback and down.history_length == 0 and not down.unknown_user
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # empty again: materialize anew
+        time.sleep(0.5)
+        materialize(store)
+        back = ranker.rank(request)
+        assert not back.feature_fallback and [i.logit for i in back.items] == [i.logit for i in normal.items]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _service_module(world, monkeypatch, name: str, tmp_path: Path):
+    """serving/service.py imported fresh for stored model ``name`` (BENTOML_HOME = the registry)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models.model import ModelStore
+
+    config = prepare_serving(world["root"] / "registry", world["tags"][name], 2, world["repo"])
+    monkeypatch.setenv("LONGREC_SERVING_CONFIG", str(config.to_json(tmp_path / "serving.json")))
+    BentoMLContainer.model_store.set(ModelStore(str(world["root"] / "registry" / "models")))
+    sys.modules.pop("serving.service", None)
+    return importlib.import_module("serving.service")
+
+
+def test_service_classes_in_process(world, monkeypatch, tmp_path: Path) -> None:
+    service = _service_module(world, monkeypatch, "lmn", tmp_path)
+    assert set(service.Ranker.dependencies) == {"memory_shard_0", "memory_shard_1"}
+    ranker = service.Ranker()  # its shard dependencies are instantiated in process too
+    assert ranker.__is_ready__()
+    response = ranker.rank(user_id=3, candidate_items=[5, 17, 3], timestamp=NOW)
+    expected = offline_logits(world, "lmn", 3, [5, 17, 3])
+    np.testing.assert_allclose(sorted(i.logit for i in response.items), sorted(expected), atol=1e-5)
+    shard = service.Ranker.dependencies["memory_shard_1"].on()
+    assert shard.gather(slots=np.array([128, 255])).shape == (2, 8)
