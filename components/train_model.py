@@ -14,6 +14,7 @@ def train_model(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    device: str,
     model: Output[Model],
     metrics: Output[Metrics],
 ):
@@ -26,13 +27,14 @@ def train_model(
         batch_size: Samples per step.
         learning_rate: Adam learning rate.
         seed: Seed of initialisation and shuffling.
+        device: "auto" (CUDA when this task got a GPU), "cuda" or "cpu".
         model: Output folder with model.pt (state dict + config) and train_result.json.
         metrics: Validation metrics of the best epoch.
     """
     from longrec.train.run import TrainConfig, train_from_training_set
 
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=learning_rate, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=learning_rate, seed=seed, device=device)
     result = train_from_training_set(training_set.path, model_name, config, model.path)
-    model.metadata.update({"model_name": model_name, **result["summary"]})
+    model.metadata.update({"model_name": model_name, **result["summary"], **result["runtime"]})
     for key, value in result["valid_metrics"].items():
         metrics.log_metric(f"valid_{key}", float(value))

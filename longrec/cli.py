@@ -24,6 +24,9 @@ def _mount_experiments() -> None:
 
     app.add_typer(ablate_app, name="ablate", help="Ablation studies: `longrec ablate imn ...`.")
     app.add_typer(nextitem_app, name="nextitem", help="Next-item ranking (RecBLR, SASRec): HR/NDCG/MRR@K.")
+    from longrec.registry.cli import registry_app
+
+    app.add_typer(registry_app, name="registry")
 
 
 _mount_experiments()
@@ -66,7 +69,11 @@ LengthOpt = typer.Option(50, "--max-history-length", "-L", help="History length 
 EpochsOpt = typer.Option(3, help="Maximum epochs (early stopping on validation AUC).")
 MaxEventsOpt = typer.Option(0, help="Keep whole users up to this many events (0 = all).")
 FloorOpt = typer.Option(0.70, help="Minimum test AUC to promote.")
-LiftOpt = typer.Option(0.0, help="Required test-AUC gain over production.")
+LiftOpt = typer.Option(
+    0.0, help="The lower bound of the paired AUC-lift interval over production must exceed this."
+)
+LoglossOpt = typer.Option(0.01, help="Largest tolerated test-LogLoss increase over production.")
+DeviceOpt = typer.Option("auto", help="Training device: auto (CUDA when present), cuda or cpu.")
 SplitOpt = typer.Option("time", help="time (80/10/10 of the time range) or leave_one_out.")
 SamplingOpt = typer.Option("uniform", help="Negative sampling: uniform or popularity.")
 SeedOpt = typer.Option(0, help="Seed of sampling and training.")
@@ -83,6 +90,8 @@ def run(
     max_events: int = MaxEventsOpt,
     auc_floor: float = FloorOpt,
     min_auc_lift: float = LiftOpt,
+    max_logloss_increase: float = LoglossOpt,
+    device: str = DeviceOpt,
     split: str = SplitOpt,
     negative_sampling: str = SamplingOpt,
     seed: int = SeedOpt,
@@ -102,6 +111,8 @@ def run(
         max_events=max_events,
         auc_floor=auc_floor,
         min_auc_lift=min_auc_lift,
+        max_logloss_increase=max_logloss_increase,
+        device=device,
         split=split,
         negative_sampling=negative_sampling,
         seed=seed,
@@ -156,6 +167,8 @@ def submit(
     max_events: int = MaxEventsOpt,
     auc_floor: float = FloorOpt,
     min_auc_lift: float = LiftOpt,
+    max_logloss_increase: float = LoglossOpt,
+    device: str = DeviceOpt,
     split: str = SplitOpt,
     negative_sampling: str = SamplingOpt,
     seed: int = SeedOpt,
@@ -173,6 +186,8 @@ def submit(
         max_events=max_events,
         auc_floor=auc_floor,
         min_auc_lift=min_auc_lift,
+        max_logloss_increase=max_logloss_increase,
+        device=device,
         split=split,
         negative_sampling=negative_sampling,
         seed=seed,

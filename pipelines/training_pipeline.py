@@ -16,6 +16,7 @@ PIPELINE_NAME = "longrec-training"
 # Cluster runs put every train task on one GPU of this type; kfp.local ignores both settings.
 TRAIN_ACCELERATOR_TYPE = "nvidia.com/gpu"
 TRAIN_ACCELERATOR_LIMIT = 1
+TRAIN_RETRIES = 2
 
 
 @dsl.pipeline(
@@ -40,6 +41,8 @@ def training_pipeline(
     max_positive_rate: float = 0.6,
     auc_floor: float = 0.70,
     min_auc_lift: float = 0.0,
+    max_logloss_increase: float = 0.01,
+    device: str = "auto",
     registry_dir: str = "",
 ):
     """The longrec training pipeline (parameters are shown in the Kubeflow UI run form).
@@ -60,7 +63,9 @@ def training_pipeline(
         min_positive_rate: Validation: lowest share of positives in any split.
         max_positive_rate: Validation: highest share of positives in any split.
         auc_floor: Minimum test AUC to promote.
-        min_auc_lift: Required test-AUC gain over the production model.
+        min_auc_lift: The lower bound of the paired AUC-lift interval over production must exceed this.
+        max_logloss_increase: Largest tolerated test-LogLoss increase over production (calibration guardrail).
+        device: Training device: "auto" (CUDA when the task has a GPU), "cuda" or "cpu".
         registry_dir: Model registry root (a shared volume on a cluster); empty = default.
     """
     ingest_task = ingest_dataset(dataset=dataset, max_events=max_events)
@@ -91,25 +96,32 @@ def training_pipeline(
             batch_size=batch_size,
             learning_rate=learning_rate,
             seed=seed,
+            device=device,
         ).after(validate_task)
         train_task.set_accelerator_type(TRAIN_ACCELERATOR_TYPE).set_accelerator_limit(TRAIN_ACCELERATOR_LIMIT)
         train_task.set_cpu_request("2").set_memory_request("8G")
+        # A preempted GPU node or a lost pod is worth another try; training is seeded, so a retry is the same run.
+        train_task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
 
     evaluate_task = evaluate_models(
         training_set=samples_task.outputs["training_set"],
         models=dsl.Collected(train_task.outputs["model"]),
         registry_dir=registry_dir,
     )
+    # Tasks that read or move registry state must never be served from cache: production may have moved.
+    evaluate_task.set_caching_options(False)
     gate_task = gate_promotion(
-        candidate_name=evaluate_task.outputs["candidate_name"],
-        candidate_auc=evaluate_task.outputs["candidate_auc"],
-        production_auc=evaluate_task.outputs["production_auc"],
+        gate_inputs=evaluate_task.outputs["gate_inputs"],
         auc_floor=auc_floor,
         min_auc_lift=min_auc_lift,
+        max_logloss_increase=max_logloss_increase,
     )
+    gate_task.set_caching_options(False)
     with dsl.If(gate_task.outputs["Output"] == "promote", name="auc-gate-passed"):
-        register_model(
+        register_task = register_model(
             candidate=evaluate_task.outputs["candidate"],
             events=ingest_task.outputs["events"],
+            decision_json=gate_task.outputs["decision_json"],
             registry_dir=registry_dir,
         )
+        register_task.set_caching_options(False)

@@ -73,6 +73,7 @@ def train_din(work, training_set, name: str):
         batch_size=128,
         learning_rate=0.001,
         seed=0,
+        device="auto",
         model=model,
         metrics=metrics,
     )
@@ -92,7 +93,9 @@ def evaluated(work, training_set, trained):
             ("comparison", dsl.Markdown),
             ("report", dsl.HTML),
             ("metrics", dsl.Metrics),
+            ("roc", dsl.ClassificationMetrics),
             ("metrics_json", dsl.Artifact),
+            ("gate_inputs", dsl.Artifact),
             ("candidate", dsl.Model),
         ]
     }
@@ -174,6 +177,10 @@ def test_train_model_writes_checkpoint_and_metrics(trained):
     assert os.path.isfile(model.path + "/model.pt") and os.path.isfile(model.path + "/model_meta.json")
     assert 0.0 <= metrics.metadata["valid_auc"] <= 1.0
     assert model.metadata["model_name"] == "din"
+    # device="auto" resolved here (no GPU) to the CPU, and the metadata says so and which kernels ran.
+    assert model.metadata["device"] == "cpu" and model.metadata["triton_kernels_ran"] is False
+    meta = json.loads(open(model.path + "/model_meta.json").read())
+    assert meta["runtime"]["device"] == "cpu" and meta["train_config"]["device"] == "auto"
 
 
 def test_train_model_is_reproducible_from_its_seed(work, training_set, trained):
@@ -190,47 +197,120 @@ def test_train_model_is_reproducible_from_its_seed(work, training_set, trained):
 def test_evaluate_models_compares_and_copies_candidate(evaluated):
     result, outs = evaluated
     assert result.candidate_name == "din" and 0 <= result.candidate_auc <= 1
-    assert result.production_auc == -1.0  # empty registry
+    assert result.production_tag == ""  # empty registry
     assert "| **din** (candidate)" in open(outs["comparison"].path).read()
     assert json.loads(open(outs["candidate"].path + "/evaluation.json").read())["test_metrics"][
         "auc"
     ] == pytest.approx(result.candidate_auc)
+    inputs = json.loads(open(outs["gate_inputs"].path).read())
+    assert inputs["production"]["status"] == "none" and inputs["track"] == "ml-100k@first-600-events"
+    # The Kubeflow UI's ROC and confusion-matrix viewers read these.
+    roc = outs["roc"].metadata
+    assert roc["confidenceMetrics"][0]["falsePositiveRate"] == 0.0 and len(roc["confidenceMetrics"]) > 10
+    assert roc["confusionMatrix"]["annotationSpecs"] == [
+        {"displayName": "no click"},
+        {"displayName": "click"},
+    ]
+    page = open(outs["report"].path).read()
+    assert "<table>" in page and "data:image/png;base64," in page  # real tables and pictures, not Markdown
 
 
-@pytest.mark.parametrize(
-    ("auc", "production", "expected"),
-    [
-        (0.75, -1.0, "promote"),
-        (0.65, -1.0, "reject"),
-        (0.75, 0.76, "reject"),
-        (0.78, 0.76, "promote"),
-    ],
-)
-def test_gate_promotion_both_ways(work, auc, production, expected):
-    decision = artifact(dsl.Markdown, work / f"decision-{auc}-{production}.md")
+def run_gate(work, inputs: dict, name: str, **thresholds):
+    path = work / f"gate-inputs-{name}.json"
+    path.write_text(json.dumps(inputs))
+    decision = artifact(dsl.Markdown, work / f"decision-{name}.md")
+    decision_json = artifact(dsl.Artifact, work / f"decision-{name}.json")
     verdict = gate_promotion.python_func(
-        candidate_name="din",
-        candidate_auc=auc,
-        production_auc=production,
-        auc_floor=0.7,
-        min_auc_lift=0.01,
+        gate_inputs=artifact(dsl.Artifact, path),
+        auc_floor=thresholds.get("auc_floor", 0.7),
+        min_auc_lift=thresholds.get("min_auc_lift", 0.0),
+        max_logloss_increase=0.01,
         decision=decision,
+        decision_json=decision_json,
+        gate_metrics=artifact(dsl.Metrics, work / f"gate-metrics-{name}"),
     )
-    assert verdict == expected
-    assert expected.upper() in open(decision.path).read()
+    assert verdict.upper() in open(decision.path).read()
+    return verdict, json.loads(open(decision_json.path).read())
+
+
+@pytest.mark.parametrize(("auc", "expected"), [(0.75, "promote"), (0.65, "reject")])
+def test_gate_promotion_first_model_needs_the_floor(work, auc, expected):
+    inputs = {
+        "track": "t",
+        "candidate": {"name": "din", "metrics": {"auc": auc}},
+        "production": {"status": "none", "reason": "none yet"},
+        "lift": None,
+    }
+    verdict, decision = run_gate(work, inputs, f"first-{auc}")
+    assert verdict == expected and decision["production_tag"] is None
 
 
 def test_register_model_moves_production_pointer(work, evaluated, events):
     from longrec.registry.store import ModelRegistry
 
     _, outs = evaluated
+    verdict, _ = run_gate(work, json.loads(open(outs["gate_inputs"].path).read()), "register", auc_floor=0.0)
+    assert verdict == "promote"
     tag = register_model.python_func(
-        candidate=outs["candidate"], events=events, registry_dir=str(work / "registry")
+        candidate=outs["candidate"],
+        events=events,
+        decision_json=artifact(dsl.Artifact, work / "decision-register.json"),
+        registry_dir=str(work / "registry"),
     )
     registry = ModelRegistry(work / "registry")
-    pointer = registry.production("ml-100k")
-    assert pointer["tag"] == tag and tag.startswith("longrec-ml-100k-din:")
+    pointer = registry.production("ml-100k@first-600-events")
+    assert pointer["tag"] == tag and tag.startswith("longrec-ml-100k-first-600-events-din:")
     assert (registry.model_path(tag) / "model.pt").is_file()
+    assert registry.production("ml-100k") is None  # a slice never moves the full dataset's pointer
+
+
+def test_production_from_other_samples_is_not_comparable_and_blocks_promotion(
+    work, events, feature_repo, evaluated
+):
+    """Production trained at L=8 (registered above); this run's samples have L=6: not comparable."""
+    from longrec.registry.store import ModelRegistry
+
+    registry = ModelRegistry(work / "registry")
+    if registry.production("ml-100k@first-600-events") is None:
+        pytest.skip("needs test_register_model_moves_production_pointer to have promoted a model")
+    before = registry.production("ml-100k@first-600-events")
+    other = artifact(dsl.Dataset, work / "training_set_l6")
+    build_training_set.python_func(
+        events=events,
+        feature_repo=feature_repo,
+        max_history_length=6,
+        split="time",
+        train_negatives=1,
+        eval_negatives=4,
+        negative_sampling="uniform",
+        seed=0,
+        training_set=other,
+    )
+    outs = {
+        name: artifact(kind, work / f"l6-{name}")
+        for name, kind in [
+            ("comparison", dsl.Markdown),
+            ("report", dsl.HTML),
+            ("metrics", dsl.Metrics),
+            ("roc", dsl.ClassificationMetrics),
+            ("metrics_json", dsl.Artifact),
+            ("gate_inputs", dsl.Artifact),
+            ("candidate", dsl.Model),
+        ]
+    }
+    model = artifact(
+        dsl.Model, work / "model"
+    )  # the L=8 model scores L=6 histories fine; it is the samples that differ
+    evaluate_models.python_func(
+        training_set=other, models=[model], registry_dir=str(work / "registry"), **outs
+    )
+    inputs = json.loads(open(outs["gate_inputs"].path).read())
+    assert inputs["production"]["status"] == "not_comparable"
+    assert "max_history_length 8 vs this run's 6" in inputs["production"]["reason"]
+    verdict, decision = run_gate(work, inputs, "l6", auc_floor=0.0, min_auc_lift=-1.0)
+    assert verdict == "reject"
+    assert "exists but could not be compared" in " ".join(decision["reasons"])
+    assert registry.production("ml-100k@first-600-events") == before
 
 
 def test_train_next_item_and_summary(work):

@@ -4,9 +4,12 @@ import json
 
 import pytest
 import yaml
+from conftest import TINY_MAX_EVENTS
 
 from longrec.pipeline.local import compile_pipeline, run_local
 from longrec.registry.store import ModelRegistry
+
+TINY_TRACK = f"ml-100k@first-{TINY_MAX_EVENTS}-events"
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +20,40 @@ def compiled(tmp_path_factory):
 
 def test_compiled_yaml_exposes_parameters_for_the_ui(compiled):
     parameters = compiled["root"]["inputDefinitions"]["parameters"]
-    for name in ("dataset", "models", "max_history_length", "epochs", "auc_floor", "min_auc_lift"):
+    for name in (
+        "dataset",
+        "models",
+        "max_history_length",
+        "epochs",
+        "auc_floor",
+        "min_auc_lift",
+        "max_logloss_increase",
+        "device",
+    ):
         assert name in parameters, name
     assert parameters["models"]["parameterType"] == "LIST"
     assert parameters["models"]["defaultValue"] == ["din", "imn", "recblr", "lmn"]
     assert parameters["dataset"]["defaultValue"] == "ml-100k"
     assert parameters["max_history_length"]["parameterType"] == "NUMBER_INTEGER"
+    assert parameters["device"]["defaultValue"] == "auto"
+
+
+def _all_tasks(compiled) -> dict:
+    tasks = dict(compiled["root"]["dag"]["tasks"])
+    for component in compiled["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_registry_tasks_never_come_from_cache_and_training_retries(compiled):
+    tasks = _all_tasks(compiled)
+    # A cached evaluate/gate/register would replay a decision made against an older production model.
+    for name in ("evaluate-models", "gate-promotion", "register-model"):
+        assert not tasks[name].get("cachingOptions", {}).get("enableCache", False), name
+    assert tasks["ingest-dataset"]["cachingOptions"]["enableCache"] is True
+    assert tasks["train-model"]["retryPolicy"]["maxRetryCount"] == 2
+    train_inputs = tasks["train-model"]["inputs"]["parameters"]
+    assert train_inputs["device"]["componentInputParameter"].endswith("device")
 
 
 def test_train_tasks_request_a_gpu(compiled):
@@ -77,24 +108,53 @@ def test_local_run_trains_evaluates_gates_and_registers(local_pipeline_run):
     lmn_dirs = [p for p in (run_dir / "kfp").rglob("train-model/model") if (p / "memory").is_dir()]
     assert len(lmn_dirs) == 1 and (lmn_dirs[0] / "memory" / "manifest.json").is_file()
     assert summary.decision == "promote"
-    pointer = ModelRegistry(registry).production("ml-100k")
+    pointer = ModelRegistry(registry).production(TINY_TRACK)
     assert pointer["tag"] == summary.production_tag
     index = (run_dir / "index.html").read_text()
     for name in ("validation_report.html", "metrics.json", "pipeline.yaml", "registered_model.json"):
         assert f'href="{name}"' in index
+    # The run page shows real tables and pictures, not Markdown in a grey box.
+    assert "<pre>" not in index and "<table>" in index and index.count("data:image/png;base64,") == 2
 
 
 @pytest.mark.slow
 def test_second_run_is_compared_against_production(local_pipeline_run, tiny_params, tmp_path):
     summary, registry = local_pipeline_run
-    before = ModelRegistry(registry).production("ml-100k")
+    before = ModelRegistry(registry).production(TINY_TRACK)
     # Demand a lift no model can reach: the gate must reject and production must stay where it was.
     params = tiny_params.model_copy(update={"min_auc_lift": 0.5, "models": ["din"]})
     second = run_local(params, tmp_path / "runs", registry_dir=registry)
     assert second.status == "succeeded" and second.decision == "reject"
     assert "production" in second.comparison_md and "rescored" in second.comparison_md
-    assert ModelRegistry(registry).production("ml-100k") == before
+    assert "interval" in second.decision_md and "lower bound <= min lift +0.5000" in second.decision_md
+    assert ModelRegistry(registry).production(TINY_TRACK) == before
     assert not (second.run_dir / "registered_model.json").exists()
+
+
+@pytest.mark.slow
+def test_smoke_run_never_replaces_the_full_dataset_model(local_pipeline_run, tiny_params, tmp_path):
+    """The issue's repro: production exists for ml-100k; `longrec run --models din --max-events 1500
+    --epochs 1 --auc-floor 0.5` must not touch it, and must not claim there is no production model."""
+    import shutil
+
+    summary, registry = local_pipeline_run
+    root = tmp_path / "registry"
+    shutil.copytree(registry, root)
+    store = ModelRegistry(root)
+    full_model = store.model_path(summary.production_tag)
+    dataset_dir = tmp_path / "full-ds"
+    dataset_dir.mkdir()
+    (dataset_dir / "dataset.json").write_text(
+        json.dumps({"name": "ml-100k", "track": "ml-100k", "fingerprint": "x"})
+    )
+    full_tag = store.register_and_promote(full_model, dataset_dir, expected_current=None)
+    # The same slice a second time: production for the slice is comparable; a worse model must not win.
+    params = tiny_params.model_copy(update={"models": ["din"], "auc_floor": 0.5})
+    smoke = run_local(params, tmp_path / "runs", registry_dir=root)
+    assert smoke.status == "succeeded", smoke.failure
+    assert ModelRegistry(root).production("ml-100k")["tag"] == full_tag  # never moved by a slice
+    assert "no production model for this dataset yet" not in smoke.decision_md
+    assert f"no production model for {TINY_TRACK} yet" not in smoke.decision_md  # the slice has one
 
 
 @pytest.mark.slow

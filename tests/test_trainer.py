@@ -159,3 +159,35 @@ def test_tensor_sample_set_batches_subset_and_validation() -> None:
         TensorSampleSet.from_arrays({key: value for key, value in arrays.items() if key != "label"})
     with pytest.raises(ValueError, match="first dimension"):
         TensorSampleSet.from_arrays({**arrays, "label": arrays["label"][:3]})
+
+
+def test_device_resolution(monkeypatch):
+    """ "auto" follows the GPU the task got; asking for CUDA without one is a clear error, not a CPU run."""
+    from longrec.train.trainer import TrainConfig, resolve_device
+
+    assert TrainConfig().device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        TrainConfig(device="tpu")
+
+
+def test_runtime_record_says_which_kernels_ran():
+    from longrec.kernels import backends_used, reset_backends_used
+    from longrec.kernels.scan import linear_scan
+    from longrec.train.trainer import runtime_record
+
+    reset_backends_used()
+    linear_scan(torch.rand(2, 5, 3), torch.rand(2, 5, 3), backend="reference")
+    record = runtime_record(torch.device("cpu"))
+    assert backends_used() == {"linear_scan": ["reference"]}
+    assert record["device"] == "cpu" and record["triton_kernels_ran"] is False
+    linear_scan(torch.rand(2, 5, 3), torch.rand(2, 5, 3), backend="triton")  # interpreter on CPU in tests
+    assert runtime_record(torch.device("cpu"))["triton_kernels_ran"] is True
+    reset_backends_used()

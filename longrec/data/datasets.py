@@ -41,6 +41,13 @@ class RecDataset:
     item_vocab: np.ndarray  # raw item id of each remapped id (index 0 = padding)
     user_vocab: np.ndarray  # raw user id of each remapped id
     vocabularies: dict[str, list[str]] = field(default_factory=dict)  # side-feature id -> label
+    # "" for the whole dataset; e.g. "first-1500-events" for a smoke-run slice (never the full set's track).
+    data_slice: str = ""
+
+    @property
+    def track(self) -> str:
+        """What the registry keys production by: the dataset, plus the slice when it is only part of it."""
+        return f"{self.name}@{self.data_slice}" if self.data_slice else self.name
 
     @property
     def n_users(self) -> int:
@@ -88,6 +95,8 @@ class RecDataset:
             json.dumps(
                 {
                     "name": self.name,
+                    "slice": self.data_slice,
+                    "track": self.track,
                     "n_users": self.n_users,
                     "n_items": self.n_items,
                     "n_events": len(self.events),
@@ -112,6 +121,7 @@ class RecDataset:
             item_vocab=pd.read_parquet(directory / "item_vocab.parquet")["raw_id"].to_numpy(),
             user_vocab=pd.read_parquet(directory / "user_vocab.parquet")["raw_id"].to_numpy(),
             vocabularies=meta.get("vocabularies", {}),
+            data_slice=meta.get("slice", ""),
         )
 
 
@@ -326,4 +336,5 @@ def head_users(dataset: RecDataset, max_events: int) -> RecDataset:
             user_lookup[column].reindex(old_user[sub.user_vocab[1:]].to_numpy()).fillna(0).to_numpy(np.int64)
         )
     sub.vocabularies = dataset.vocabularies
+    sub.data_slice = f"first-{max_events}-events"
     return sub

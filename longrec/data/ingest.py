@@ -13,6 +13,7 @@ def ingest_dataset(dataset: str, output_dir: str | Path, max_events: int | None 
     loaded.save(output_dir)
     return {
         "dataset": loaded.name,
+        "track": loaded.track,
         "n_events": len(loaded.events),
         "n_users": loaded.n_users - 1,
         "n_items": loaded.n_items - 1,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from longrec.data.datasets import RecDataset
 from longrec.data.schema import SPLITS
+from longrec.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -176,12 +177,16 @@ def build_targets(dataset: RecDataset, config: SampleConfig) -> tuple[pd.DataFra
     split = assign_splits(events, config)
     has_history = events.history_length > 0
     positives = np.flatnonzero(has_history)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(derive_seed(config.seed, "negative-sampling"))
     n_items = dataset.n_items
     interacted = np.unique(events.user_id * n_items + events.item_id)
     popularity = None
     if config.negative_sampling == "popularity":
-        counts = np.bincount(events.item_id, minlength=n_items)[1:].astype(np.float64)
+        # Counted over the training period only: valid/test popularity is the future at training time.
+        in_train = split == SPLITS.index("train")
+        counts = np.bincount(events.item_id[in_train], minlength=n_items)[1:].astype(np.float64)
+        if counts.sum() == 0:
+            raise ValueError("popularity sampling needs training events; the train split is empty")
         popularity = counts / counts.sum()
 
     parts = []

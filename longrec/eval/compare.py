@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ class ModelScore:
     valid_auc: float
     test_metrics: dict
     model_dir: Path | None = None
+    history: list = field(default_factory=list)  # per-epoch training record (train loss, valid metrics)
 
 
 @dataclass
@@ -45,6 +45,24 @@ class ComparisonResult:
     test_set_fingerprint: str
     markdown: str = ""
     notes: list[str] = field(default_factory=list)
+    production: dict = field(default_factory=dict)  # ProductionComparison.to_dict()
+    lift: dict | None = None  # PairedLift.to_dict() when production was comparable
+    logits: dict = field(default_factory=dict)  # row label -> test logits (for ROC curves)
+    labels: np.ndarray | None = None
+    candidate_label: str = ""
+    production_label: str | None = None
+    identity: dict = field(default_factory=dict)
+
+    def gate_inputs(self) -> dict:
+        """Everything the promotion gate decides on, as one JSON-able dict."""
+        return {
+            "track": self.identity.get("track"),
+            "sample_identity": self.identity,
+            "test_set_fingerprint": self.test_set_fingerprint,
+            "candidate": {"name": self.candidate_name, "metrics": self.candidate_metrics},
+            "production": self.production,
+            "lift": self.lift,
+        }
 
 
 def test_set_fingerprint(arrays: dict) -> str:
@@ -55,39 +73,93 @@ def test_set_fingerprint(arrays: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def _score(model_dir: Path, test) -> tuple[dict, dict]:
+def _score(model_dir: Path, test) -> tuple[dict, dict, np.ndarray]:
     from longrec.train.trainer import load_checkpoint, predict
 
     model, meta = load_checkpoint(model_dir / CHECKPOINT_FILE)
     logits = predict(model, test)
     metrics = ctr_metrics(test["user_id"].numpy(), test["label"].numpy(), logits)
-    return metrics, meta
+    return metrics, meta, logits
 
 
-def _production_row(
-    registry_dir: str | Path | None, dataset: str | None, spec, test
-) -> tuple[ModelScore | None, str]:
-    if registry_dir is None or dataset is None:
-        return None, "no registry given: production not compared"
-    from longrec.registry.store import ModelRegistry
+# What makes two test sets the same samples: a production model is compared only when all of these match.
+IDENTITY_KEYS = ("dataset_fingerprint", "split", "max_history_length", "eval_negatives", "negative_sampling")
+
+
+def sample_identity(training_set_meta: dict) -> dict:
+    """The comparability key of a training set: dataset content, split, L and evaluation negatives."""
+    config = training_set_meta.get("sample_config", {})
+    return {
+        "track": training_set_meta.get("dataset_track", training_set_meta.get("dataset")),
+        "dataset_fingerprint": training_set_meta.get("dataset_fingerprint"),
+        "split": config.get("split"),
+        "max_history_length": config.get("max_history_length"),
+        "eval_negatives": config.get("eval_negatives"),
+        "negative_sampling": config.get("negative_sampling"),
+    }
+
+
+def identity_mismatches(ours: dict, theirs: dict) -> list[str]:
+    """Human-readable differences between two sample identities (empty when comparable)."""
+    return [
+        f"{key} {theirs.get(key)!r} vs this run's {ours.get(key)!r}"
+        for key in IDENTITY_KEYS
+        if theirs.get(key) != ours.get(key)
+    ]
+
+
+@dataclass
+class ProductionComparison:
+    """What the gate needs to know of production: none, comparable (with its scores) or not, and why."""
+
+    status: str  # "none" | "comparable" | "not_comparable"
+    tag: str | None = None
+    reason: str = ""
+    row: ModelScore | None = None
+    logits: np.ndarray | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "tag": self.tag,
+            "reason": self.reason,
+            "metrics": self.row.test_metrics if self.row else None,
+        }
+
+
+def _production(registry_dir: str | Path | None, identity: dict, test) -> ProductionComparison:
+    track = identity.get("track")
+    if registry_dir is None or track is None:
+        return ProductionComparison("none", reason="no registry given: production not compared")
+    from longrec.registry.store import ModelRegistry, RegistryError
 
     registry = ModelRegistry(registry_dir)
-    pointer = registry.production(dataset)
+    try:
+        pointer = registry.production(track)
+    except RegistryError as error:
+        return ProductionComparison("not_comparable", reason=f"the production pointer is unreadable: {error}")
     if pointer is None:
-        return None, f"no production model for {dataset} yet"
-    model_dir = registry.model_path(pointer["tag"])
-    meta = json.loads((model_dir / MODEL_META_FILE).read_text())
-    theirs = meta.get("feature_spec", {})
-    ours = {
-        k: getattr(spec, k)
-        for k in ("n_users", "n_items", "n_genres", "n_ages", "n_genders", "n_occupations")
-    }
-    if any(theirs.get(k) != v for k, v in ours.items()):
-        # Different vocabularies (another slice of the data): its AUC on these samples is meaningless.
-        return None, f"production {pointer['tag']} was trained on other vocabularies: not comparable"
-    metrics, _ = _score(model_dir, test)
-    row = ModelScore(f"production ({pointer['tag']})", meta["model_name"], float("nan"), metrics, model_dir)
-    return row, f"production {pointer['tag']} rescored on these test samples"
+        return ProductionComparison("none", reason=f"no production model for {track} yet")
+    tag = pointer["tag"]
+    try:
+        stored = registry.stored(tag)
+        meta = stored.metadata
+        theirs = meta.get("sample_identity") or sample_identity(meta.get("training_set", {}))
+        mismatches = identity_mismatches(identity, theirs)
+        if mismatches:
+            return ProductionComparison(
+                "not_comparable",
+                tag,
+                f"production {tag} was evaluated on other samples ({'; '.join(mismatches)}): its AUC on "
+                "these samples would not be a fair comparison",
+            )
+        metrics, ckpt_meta, logits = _score(stored.path, test)
+    except Exception as error:  # unreadable files: never promote over what could not be scored
+        return ProductionComparison(
+            "not_comparable", tag, f"production {tag} could not be rescored: {type(error).__name__}: {error}"
+        )
+    row = ModelScore(f"production ({tag})", ckpt_meta["model_name"], float("nan"), metrics, stored.path)
+    return ProductionComparison("comparable", tag, f"production {tag} rescored on these test samples", row, logits)
 
 
 def render_markdown(rows: list[ModelScore], candidate: str, notes: list[str]) -> str:
@@ -110,24 +182,6 @@ def render_markdown(rows: list[ModelScore], candidate: str, notes: list[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def render_html(markdown: str, title: str = "longrec model comparison") -> str:
-    """A standalone HTML page of the comparison table (for the KFP UI's HTML viewer)."""
-    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    notes = [line[2:] for line in markdown.splitlines() if line.startswith("- ")]
-    header = [c.strip() for c in table_lines[0].strip("|").split("|")]
-    body = [[c.strip().replace("**", "") for c in line.strip("|").split("|")] for line in table_lines[2:]]
-    head_html = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    rows_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
-    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
-        "padding:4px 8px;text-align:right}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><table><tr>{head_html}</tr>{rows_html}</table><ul>{notes_html}</ul>"
-        "</body></html>"
-    )
-
-
 def compare_models(
     training_set_dir: str | Path,
     model_dirs: list[str | Path],
@@ -136,12 +190,18 @@ def compare_models(
     report_html: str | Path | None = None,
     metrics_json: str | Path | None = None,
     candidate_dir: str | Path | None = None,
+    gate_inputs_json: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
 ) -> ComparisonResult:
     """Score every model on the test split, pick the candidate by validation AUC, rescore production.
 
-    Writes the Markdown/HTML table, a metrics JSON and (with candidate_dir) a copy of the candidate's folder
-    with its evaluation.json, ready to register.
+    Writes the Markdown/HTML table, a metrics JSON, the gate's inputs (candidate metrics, production's
+    comparability and the paired lift with its interval) and (with candidate_dir) a copy of the candidate's
+    folder with its evaluation.json, ready to register.
     """
+    from longrec.eval.paired import paired_lift
+
     frame, spec, meta = read_training_set(training_set_dir)
     splits = tensors_by_split(frame, spec)
     if "test" not in splits:
@@ -150,27 +210,41 @@ def compare_models(
     fingerprint = test_set_fingerprint(
         {k: test[k] for k in ("user_id", "target_item", "label", "history_items")}
     )
-    rows = []
+    identity = sample_identity(meta)
+    user_ids, labels = test["user_id"].numpy(), test["label"].numpy()
+    rows, logits_by_label = [], {}
     for model_dir in map(Path, model_dirs):
-        metrics, ckpt_meta = _score(model_dir, test)
+        metrics, ckpt_meta, logits = _score(model_dir, test)
         model_meta = (
             json.loads((model_dir / MODEL_META_FILE).read_text())
             if (model_dir / MODEL_META_FILE).is_file()
             else {}
         )
         valid_auc = float(model_meta.get("valid_metrics", {}).get("auc", float("nan")))
-        rows.append(
-            ModelScore(ckpt_meta["model_name"], ckpt_meta["model_name"], valid_auc, metrics, model_dir)
-        )
+        row = ModelScore(ckpt_meta["model_name"], ckpt_meta["model_name"], valid_auc, metrics, model_dir)
+        row.history = model_meta.get("history", [])
+        rows.append(row)
+        logits_by_label[row.label] = logits
     if not rows:
         raise ValueError("no models to compare")
     # The candidate is chosen on validation AUC; choosing on test AUC would overfit the test split.
     candidate = max(rows, key=lambda r: -math.inf if math.isnan(r.valid_auc) else r.valid_auc)
     notes = [f"candidate chosen by validation AUC: {candidate.label}", f"test set fingerprint {fingerprint}"]
-    production, note = _production_row(registry_dir, meta.get("dataset"), spec, test)
-    notes.append(note)
-    if production is not None:
-        rows.append(production)
+    production = _production(registry_dir, identity, test)
+    notes.append(production.reason)
+    lift = None
+    if production.row is not None:
+        rows.append(production.row)
+        logits_by_label[production.row.label] = production.logits
+        lift = paired_lift(
+            user_ids, labels, logits_by_label[candidate.label], production.logits, n_bootstrap, confidence
+        )
+        notes.append(
+            f"AUC lift over production {lift.auc_lift:+.4f}, {confidence:.0%} interval "
+            f"[{lift.auc_lift_low:+.4f}, {lift.auc_lift_high:+.4f}] (paired bootstrap over "
+            f"{lift.n_users} users, {lift.n_bootstrap} replicates); LogLoss lift {lift.logloss_lift:+.4f}, "
+            f"GAUC lift {lift.gauc_lift:+.4f}"
+        )
     sample_config = meta.get("sample_config", {})
     if sample_config:
         notes.append(
@@ -183,26 +257,44 @@ def compare_models(
         candidate_name=candidate.model_name,
         candidate_auc=float(candidate.test_metrics["auc"]),
         candidate_metrics=candidate.test_metrics,
-        production_auc=float(production.test_metrics["auc"]) if production else -1.0,
+        production_auc=float(production.row.test_metrics["auc"]) if production.row else -1.0,
         test_set_fingerprint=fingerprint,
         markdown=markdown,
         notes=notes,
+        production=production.to_dict(),
+        lift=lift.to_dict() if lift else None,
+        logits=logits_by_label,
+        labels=labels,
+        candidate_label=candidate.label,
+        production_label=production.row.label if production.row else None,
+        identity=identity,
     )
     if comparison_md:
         Path(comparison_md).write_text(markdown)
     if report_html:
-        Path(report_html).write_text(render_html(markdown))
+        from longrec.eval.report import comparison_page
+
+        Path(report_html).write_text(comparison_page(result))
     if metrics_json:
         payload = {
             "test_set_fingerprint": fingerprint,
+            "sample_identity": identity,
             "candidate": candidate.model_name,
             "models": {r.label: {"valid_auc": r.valid_auc, **r.test_metrics} for r in rows},
+            "production": production.to_dict(),
+            "lift": result.lift,
             "notes": notes,
         }
         Path(metrics_json).write_text(json.dumps(payload, indent=2, default=float))
+    if gate_inputs_json:
+        Path(gate_inputs_json).write_text(json.dumps(result.gate_inputs(), indent=2, default=float))
     if candidate_dir:
         candidate_dir = Path(candidate_dir)
         shutil.copytree(candidate.model_dir, candidate_dir, dirs_exist_ok=True)
-        evaluation = {"test_metrics": candidate.test_metrics, "test_set_fingerprint": fingerprint}
+        evaluation = {
+            "test_metrics": candidate.test_metrics,
+            "test_set_fingerprint": fingerprint,
+            "sample_identity": identity,
+        }
         (candidate_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2, default=float))
     return result

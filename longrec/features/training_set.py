@@ -48,6 +48,7 @@ def build_training_set_from_features(
     spec = dataset.feature_spec(config.max_history_length)
     meta = {
         "dataset": dataset.name,
+        "dataset_track": dataset.track,
         "dataset_fingerprint": dataset.fingerprint(),
         "sample_config": config.to_dict(),
         "history_source": "feast.get_historical_features (as of target_timestamp - 1 s)",

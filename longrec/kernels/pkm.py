@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longrec.kernels import record_backend
+
 try:  # triton is optional on CPU-only installs; the reference path never needs it
     import triton
     import triton.language as tl
@@ -380,6 +382,7 @@ def pkm_read(
     """Grid top-K + softmax + weighted gather; ``auto`` = Triton on CUDA tensors, the reference on CPU."""
     if backend == "auto":
         backend = "triton" if values.is_cuda and triton is not None else "reference"
+    record_backend("pkm_read", backend)
     if backend == "triton":
         return pkm_read_triton(row_top, row_idx, col_top, col_idx, values, n_rows, sparse_grad)
     if backend == "reference":

@@ -42,6 +42,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from longrec.kernels import record_backend
+
 __all__ = [
     "BACKENDS",
     "LinearScanCpu",
@@ -407,6 +409,7 @@ def linear_scan(a: Tensor, beta: Tensor, dim: int = 1, backend: Backend = "auto"
             backend = "cpu"
         else:
             backend = "torch"
+    record_backend("linear_scan", backend)
     if backend == "reference":
         return scan_reference(a, beta, dim)
     if backend == "torch":

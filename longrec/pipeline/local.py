@@ -137,6 +137,8 @@ def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, pa
         ("evaluate-models", "report"): "comparison.html",
         ("evaluate-models", "metrics_json"): "metrics.json",
         ("gate-promotion", "decision"): "decision.md",
+        ("gate-promotion", "decision_json"): "decision.json",
+        ("evaluate-models", "gate_inputs"): "gate_inputs.json",
     }
     for (task_name, output), target in wanted.items():
         for task in tasks.get(task_name, []):
@@ -148,14 +150,15 @@ def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, pa
         summary.comparison_md = (summary.run_dir / "comparison.md").read_text()
     if "decision.md" in summary.artifacts:
         summary.decision_md = (summary.run_dir / "decision.md").read_text()
-        summary.decision = "promote" if "PROMOTE" in summary.decision_md else "reject"
+    if "decision.json" in summary.artifacts:
+        summary.decision = json.loads((summary.run_dir / "decision.json").read_text())["verdict"]
     if tasks.get("register-model") and summary.status == "succeeded":
         from longrec.registry.store import ModelRegistry
 
         dataset = json.loads(
             next(iter(tasks["ingest-dataset"])).joinpath("events", "dataset.json").read_text()
         )
-        pointer = ModelRegistry(registry).production(dataset["name"])
+        pointer = ModelRegistry(registry).production(dataset.get("track", dataset["name"]))
         if pointer:
             summary.production_tag = pointer["tag"]
             (summary.run_dir / "registered_model.json").write_text(json.dumps(pointer, indent=2))
@@ -176,14 +179,27 @@ def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, pa
     summary.artifacts["summary.json"] = "summary.json"
 
 
+def _body_of(page: str) -> str:
+    """The inside of <body> of an HTML page written by longrec (its first <h1> dropped)."""
+    import re
+
+    match = re.search(r"<body>(.*)</body>", page, re.S)
+    body = match.group(1) if match else ""
+    return re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)
+
+
 def write_index(summary: RunSummary, params: PipelineParams) -> Path:
-    """index.html linking everything a run produced."""
+    """index.html: the comparison table, lift interval, ROC and training curves, the decision, and links."""
     import html
 
+    from longrec.eval.report import PAGE_STYLE, decision_html
+
     labels = {
-        "comparison.html": "Model comparison (test AUC, GAUC, LogLoss, RelaImpr vs DIN)",
+        "comparison.html": "Model comparison (tables, ROC and training curves)",
         "metrics.json": "Metrics of every model (JSON)",
-        "decision.md": "Promotion decision",
+        "decision.md": "Promotion decision (Markdown)",
+        "decision.json": "Promotion decision (JSON)",
+        "gate_inputs.json": "What the gate decided on (JSON)",
         "validation_report.html": "Great Expectations validation report",
         "validation_results.json": "Validation results (JSON)",
         "registered_model.json": "Registered production model",
@@ -200,19 +216,30 @@ def write_index(summary: RunSummary, params: PipelineParams) -> Path:
     ]
     rows.append('<li><a href="kfp/">Raw kfp.local task outputs</a></li>')
     status = "FAILED: " + html.escape(summary.failure or "") if summary.status == "failed" else "succeeded"
+    comparison_path = summary.run_dir / "comparison.html"
+    comparison = (
+        _body_of(comparison_path.read_text())
+        if comparison_path.is_file()
+        else "<p>(no comparison: the run stopped early)</p>"
+    )
+    decision_path = summary.run_dir / "decision.json"
+    decision = json.loads(decision_path.read_text()) if decision_path.is_file() else None
+    production = (
+        f"&mdash; production model <code>{html.escape(summary.production_tag)}</code>"
+        if summary.production_tag
+        else ""
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>longrec run {html.escape(summary.run_dir.name)}</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} pre{{background:#f4f4f4;padding:1em}}</style>
+<style>{PAGE_STYLE}</style>
 </head><body>
 <h1>longrec training run <code>{html.escape(summary.run_dir.name)}</code></h1>
 <p>Status: <b>{status}</b>. Dataset <code>{html.escape(params.dataset)}</code>, models
 <code>{html.escape(", ".join(params.models))}</code>, L={params.max_history_length}, wall time
 {summary.wall_seconds:.0f} s.</p>
-<p>Decision: <b>{html.escape(summary.decision or "none")}</b>
-{f"&mdash; production model <code>{html.escape(summary.production_tag)}</code>" if summary.production_tag else ""}</p>
-<ul>{"".join(rows)}</ul>
-<h2>Comparison</h2><pre>{html.escape(summary.comparison_md or "(no comparison: the run stopped early)")}</pre>
-<h2>Decision</h2><pre>{html.escape(summary.decision_md or "(no decision)")}</pre>
+<h2>Decision {production}</h2>{decision_html(decision)}
+<h2>Comparison</h2>{comparison}
+<h2>Files</h2><ul>{"".join(rows)}</ul>
 </body></html>
 """
     path = summary.run_dir / "index.html"

@@ -30,6 +30,8 @@ class PipelineParams(BaseModel):
     max_positive_rate: float = Field(0.6, ge=0, le=1)
     auc_floor: float = Field(0.70, ge=0, le=1)
     min_auc_lift: float = Field(0.0, ge=-1, le=1)
+    max_logloss_increase: float = Field(0.01, ge=0)
+    device: str = "auto"
     registry_dir: str = ""
 
     @field_validator("max_history_length")
@@ -37,6 +39,13 @@ class PipelineParams(BaseModel):
     def _positive_length(cls, value: int) -> int:
         if value <= 0:
             raise ValueError(f"max history length must be a positive integer, got {value}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
         return value
 
     @field_validator("models")

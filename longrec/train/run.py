@@ -11,7 +11,15 @@ from typing import Any
 from longrec.data.training_set import read_training_set, tensors_by_split
 from longrec.models.registry import build_model
 from longrec.registry.store import CHECKPOINT_FILE, MODEL_META_FILE
-from longrec.train.trainer import TrainConfig, save_checkpoint, set_seed, train_model
+from longrec.train.trainer import (
+    TrainConfig,
+    derive_seed,
+    resolve_device,
+    runtime_record,
+    save_checkpoint,
+    set_seed,
+    train_model,
+)
 
 __all__ = ["TrainConfig", "train_from_training_set", "train_direct"]
 
@@ -34,7 +42,7 @@ def train_from_training_set(
         raise ValueError(f"training set {training_set_dir} has no train split")
     # build_model draws the initial weights: seed before it (not only inside train_model), or every
     # pipeline run starts from other weights and the AUC gate compares runs it cannot reproduce.
-    set_seed(config.seed)
+    set_seed(derive_seed(config.seed, "model-init"))
     model = build_model(model_name, spec, model_overrides)
     result = train_model(model, splits["train"], splits.get("valid"), config)
     save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name=model_name, spec=spec)
@@ -55,12 +63,17 @@ def train_from_training_set(
         "valid_metrics": result.best_valid_metrics,
         "history": result.history,
         "summary": summary,
+        "runtime": runtime_record(resolve_device(config.device)),
     }
     (output_dir / MODEL_META_FILE).write_text(json.dumps(model_meta, indent=2, default=str))
     logger.info(
         "trained %s: best epoch %d, valid %s", model_name, result.best_epoch, result.best_valid_metrics
     )
-    return {"summary": summary, "valid_metrics": result.best_valid_metrics}
+    return {
+        "summary": summary,
+        "valid_metrics": result.best_valid_metrics,
+        "runtime": model_meta["runtime"],
+    }
 
 
 def train_direct(params, output: str | Path) -> dict:
@@ -85,6 +98,7 @@ def train_direct(params, output: str | Path) -> dict:
     training_dir = output / "training_set"
     meta = {
         "dataset": dataset.name,
+        "dataset_track": dataset.track,
         "dataset_fingerprint": dataset.fingerprint(),
         "sample_config": config.to_dict(),
     }

@@ -30,6 +30,7 @@ from longrec.eval.ctr import ctr_metrics
 from longrec.models.base import CTRModel
 from longrec.models.registry import build_model
 from longrec.runtime import retain_freed_memory
+from longrec.seeding import derive_seed
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -41,6 +42,8 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "set_seed",
+    "derive_seed",
+    "runtime_record",
     "train_model",
 ]
 
@@ -62,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 1  # epochs without a better validation AUC before stopping
     max_steps_per_epoch: int | None = None  # cap for smoke runs; None = full pass
-    device: str = "cpu"  # "cpu" | "cuda" | "auto" (cuda when available)
+    device: str = "auto"  # "cpu" | "cuda" | "cuda:N" | "auto" (cuda when this process sees a GPU)
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch default
     # Keep glibc from re-faulting large activations on every CPU step (longrec.runtime): 35–40% of a
     # step at L=1000. The process then holds its peak memory until it exits.
@@ -99,6 +102,21 @@ class TrainResult:
         data = dataclasses.asdict(self)
         data["best_checkpoint"] = str(self.best_checkpoint) if self.best_checkpoint else None
         return data
+
+
+def runtime_record(device: torch.device) -> dict[str, Any]:
+    """Where training ran and which kernel backends it used (Triton on CUDA, C++ or torch on CPU)."""
+    from longrec.kernels import backends_used
+
+    record: dict[str, Any] = {"device": str(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        record["cuda_device_name"] = torch.cuda.get_device_name(device)
+    else:
+        record["cpu_threads"] = torch.get_num_threads()
+    used = backends_used()
+    record["kernels"] = used
+    record["triton_kernels_ran"] = any("triton" in backends for backends in used.values())
+    return record
 
 
 def set_seed(seed: int) -> None:
