@@ -11,9 +11,11 @@ nothing heavy: models, shards and the feature store load in each service's ``__i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
+import anyio.from_thread
 import bentoml
 import numpy as np
 
@@ -76,6 +78,7 @@ class Ranker:
         quiet_threads()
         self.error: str | None = None
         self.ranker = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, once a request ran
         if CONFIG is None:
             self.error = "no model configured: set LONGREC_SERVING_CONFIG or serve with `longrec serve`"
             logger.error(self.error)
@@ -89,11 +92,19 @@ class Ranker:
                 CONFIG,
                 self.model_ref.path,
                 memory_dir=self.memory_index.path if n_shards else None,
-                shard_clients=[_gather_client(shard) for shard in shards],
+                shard_clients=[_gather_client(shard, self) for shard in shards],
             )
         except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
             logger.error(self.error)
+
+    @property
+    def dependencies_are_remote(self) -> bool:
+        """Served by `bentoml serve` (shards behind remote proxies), not instantiated in process."""
+        from _bentoml_impl.client import RemoteProxy
+
+        return any(isinstance(getattr(self, name), RemoteProxy) for name in type(self).__dict__
+                   if name.startswith("memory_shard_"))  # fmt: skip
 
     def __is_ready__(self) -> bool:
         if self.error:
@@ -110,6 +121,8 @@ class Ranker:
 
         if self.ranker is None:
             raise bentoml.exceptions.ServiceUnavailable(self.error or "not loaded")
+        if self.loop is None and self.dependencies_are_remote:
+            self.loop = anyio.from_thread.run_sync(asyncio.get_running_loop)
         request = RankRequest.model_validate({k: v for k, v in fields.items() if v is not None})
         try:
             return self.ranker.rank(request)
@@ -121,9 +134,22 @@ class Ranker:
             raise
 
 
-def _gather_client(shard):
-    """A callable slots -> rows over a shard dependency: a remote proxy when served, the instance in-process."""
-    return lambda slots: shard.gather(slots=slots)
+def _gather_client(shard, owner: Ranker):
+    """A callable slots -> rows over a shard dependency. Served, the dependency is a remote proxy whose
+    calls are coroutines of the server's event loop: the memory calls from its own threads, so the
+    coroutine is handed to that loop. In process, the dependency is the shard instance itself."""
+
+    def gather(slots: np.ndarray) -> np.ndarray:
+        if owner.loop is None:
+            return shard.gather(slots=slots)
+        future = asyncio.run_coroutine_threadsafe(shard.to_async.gather(slots=slots), owner.loop)
+        try:
+            return future.result(timeout=CONFIG.shard_timeout_s)
+        except BaseException:
+            future.cancel()
+            raise
+
+    return gather
 
 
 if CONFIG is not None:
