@@ -138,3 +138,36 @@ def test_training_set_round_trips_through_parquet(tmp_path):
     for column in ("history_items", "history_timestamps", "history_mask"):
         assert (stack_sequences(back[column]) == stack_sequences(frame[column])).all()
     pd.testing.assert_series_equal(back["label"], frame["label"])
+
+
+def test_popularity_negatives_use_training_period_counts_only():
+    """An item that only becomes popular in the valid/test period is future information at training time:
+    it must never be drawn as a popularity negative."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(40):
+        times = np.sort(rng.integers(0, 1_000, size=10)) * 60
+        items = rng.choice(np.arange(1, 30), size=10, replace=False)
+        rows += [(f"u{user}", int(i), int(t)) for i, t in zip(items, times, strict=True)]
+    # Late users who all watch item 999 after the training period ends (time split: last 20% of the range).
+    rows += [(f"late{user}", 999, 59_000 + user) for user in range(60)]
+    rows += [(f"late{user}", 5, 58_000 + user) for user in range(60)]
+    frame = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    dataset = _assemble(
+        "pop", frame["user"].to_numpy(), frame["item"].to_numpy(), frame["timestamp"].to_numpy(), None, None
+    )
+    future_item = int(np.flatnonzero(dataset.item_vocab.astype(str) == "999")[0])
+    config = SampleConfig(max_history_length=4, eval_negatives=8, negative_sampling="popularity")
+    samples = build_training_set(dataset, config)
+    negatives = samples[samples.label == 0]
+    assert len(negatives) > 300
+    assert future_item not in set(negatives.target_item)  # most popular item overall, zero training count
+    assert future_item in set(samples[samples.label == 1].target_item)
+
+
+def test_sampling_and_initialisation_get_independent_seeds():
+    from longrec.seeding import derive_seed
+
+    assert derive_seed(0, "negative-sampling") != derive_seed(0, "model-init")
+    assert derive_seed(0, "model-init") == derive_seed(0, "model-init")
+    assert derive_seed(1, "model-init") != derive_seed(0, "model-init")
