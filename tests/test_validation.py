@@ -261,3 +261,10 @@ def test_unreadable_list_contents_fail_as_not_evaluated() -> None:
     assert any("items_match_mask" in line for line in result.skipped_expectations)
     with pytest.raises(TrainingSetValidationError, match="not evaluated"):
         assert_valid(result)
+
+
+def test_report_rows_are_readable_text_on_light_backgrounds(valid_result):
+    """Status colours belong to the badges only: a passed row is dark text on white, not on dark green."""
+    page = valid_result.render_html()
+    assert ".badge.PASS{background:#2e7d32}" in page and "tr.PASS td{background:#fff}" in page
+    assert "}.PASS{" not in page and "}.FAIL{" not in page

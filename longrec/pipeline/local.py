@@ -185,6 +185,7 @@ def _body_of(page: str) -> str:
 
     match = re.search(r"<body>(.*)</body>", page, re.S)
     body = match.group(1) if match else ""
+    body = re.sub(r"<!--lift-->.*?<!--/lift-->", "", body, flags=re.S)
     return re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)
 
 

@@ -842,10 +842,10 @@ def _short(value: Any, limit: int = 240) -> str:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem;color:#222}
 h1{margin:0 0 .3rem}.badge{display:inline-block;padding:.2rem .8rem;border-radius:.3rem;color:#fff;
-font-weight:700}.PASS{background:#2e7d32}.FAIL{background:#c62828}.SKIPPED{background:#757575}
+font-weight:700}.badge.PASS{background:#2e7d32}.badge.FAIL{background:#c62828}.badge.SKIPPED{background:#757575}
 table{border-collapse:collapse;width:100%;margin-top:1rem;font-size:.9rem}
 th,td{border:1px solid #ddd;padding:.35rem .5rem;text-align:left;vertical-align:top}
-th{background:#f4f4f4}tr.FAIL td{background:#fff1f1}tr.SKIPPED td{background:#f6f6f6}
+th{background:#f4f4f4}tr.PASS td{background:#fff}tr.FAIL td{background:#fff1f1}tr.SKIPPED td{background:#f6f6f6}
 code{font-size:.85rem;word-break:break-all}.muted{color:#666;font-size:.85rem}
 ul.failures li{margin:.2rem 0}
 """
