@@ -93,6 +93,7 @@ class Ranker:
                 self.model_ref.path,
                 memory_dir=self.memory_index.path if n_shards else None,
                 shard_clients=[_gather_client(shard, self) for shard in shards],
+                shard_dirs=[bentoml.models.get(tag).path for tag in CONFIG.shard_tags],
             )
         except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"

@@ -28,9 +28,10 @@ from longrec.memory.sharded import (
     MemoryShardError,
     ShardedMemory,
     _load_checked,
+    _sha256,
 )
 
-__all__ = ["MemoryIndex", "RemoteShardedMemory", "ShardValues", "load_memory_index"]
+__all__ = ["MemoryIndex", "RemoteShardedMemory", "ShardValues", "check_shard_files", "load_memory_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,27 @@ def load_memory_index(directory: str | Path) -> MemoryIndex:
     )
     keys = _load_checked(directory, manifest["keys"], "memory keys")
     return MemoryIndex(config, keys["row_keys"], keys["col_keys"], list(manifest["shards"]))
+
+
+def check_shard_files(shard_dirs: Sequence[str | Path]) -> None:
+    """Check shard i's value file in ``shard_dirs[i]`` against its manifest; MemoryShardError names it.
+
+    The ranker runs this at start-up so a corrupted shard keeps the ranker itself from becoming ready,
+    with the file named in its /readyz answer (each shard service also refuses to load it).
+    """
+    for index, directory in enumerate(shard_dirs):
+        directory = Path(directory)
+        entries = {int(e["index"]): e for e in _read_manifest(directory)["shards"]}
+        if index not in entries:
+            raise MemoryShardError(f"{directory}/{MANIFEST_FILE} has no shard {index}")
+        entry = entries[index]
+        path = directory / entry["file"]
+        if not path.is_file():
+            raise MemoryShardError(f"memory shard {index} ({entry['file']}) is missing from {directory}")
+        if _sha256(path) != entry["sha256"]:
+            raise MemoryShardError(
+                f"memory shard {index} ({entry['file']}) fails its checksum (file corrupted or replaced)"
+            )
 
 
 class ShardValues:

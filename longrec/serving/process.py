@@ -99,7 +99,7 @@ class ServeProcess:
         """(pid, args) of the serve process's children: its service workers (each in its own group)."""
         if self.process is None:
             return []
-        result = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
+        result = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
         children = []
         for line in result.stdout.splitlines():
             pid, ppid, args = line.strip().split(None, 2)

@@ -59,11 +59,12 @@ def build_ranker(
     memory_dir: str | Path | None = None,
     shard_clients: Sequence[Callable] = (),
     with_metrics: bool = True,
+    shard_dirs: Sequence[str | Path] = (),
 ):
     """A ``Ranker`` for ``config``: the model checked against its manifest, the memory index (manifest and
     keys) from ``memory_dir``, gathers through ``shard_clients``, features from the configured Feast repo."""
     from longrec.serving.features import OnlineFeatures
-    from longrec.serving.memory import RemoteShardedMemory, load_memory_index
+    from longrec.serving.memory import RemoteShardedMemory, check_shard_files, load_memory_index
     from longrec.serving.ranker import ModelFileError, ModelScorer, Ranker, RankerMetrics
 
     scorer = ModelScorer(model_dir, config.model_tag, config.model_files)
@@ -88,6 +89,7 @@ def build_ranker(
     if scorer.needs_memory:
         if memory_dir is None or not shard_clients:
             raise ModelFileError(f"{scorer.name} needs its memory shard models; the config lists none")
+        check_shard_files(shard_dirs)
         index = load_memory_index(memory_dir)
         memory = RemoteShardedMemory(
             index,
