@@ -200,3 +200,30 @@ def test_registry_and_config_validation() -> None:
 def test_user_feature_switch_and_no_side_features(mode: str) -> None:
     model = make_lmn(user_features=mode, use_side_features=False)
     assert torch.isfinite(model(tiny_batch())).all()
+
+
+def test_memory_loss_is_masked_smooth_l1_against_the_documented_target() -> None:
+    """L_mem = mean over the last `memory_history_reads` VALID history items j and the value dimensions of
+    Smooth-L1(m_j, T·[e_j ; g(user)]) — computed here item by item, independently of the batched code."""
+    model = make_lmn().eval()
+    batch = tiny_batch()
+    mask = batch["history_mask"]
+    n_reads = TINY["memory_history_reads"]
+    with torch.no_grad():
+        users = model.user(batch)
+        terms = []
+        for row in range(mask.shape[0]):
+            valid = mask[row].nonzero().flatten().tolist()[-n_reads:]  # padding is never read
+            for position in valid:
+                item = batch["history_items"][row, position].reshape(1)
+                vector = model.item_embedding(item)
+                read = model.read_memory(item, torch.zeros(1, dtype=torch.long), vector, users[row : row + 1])
+                target = model.memory_target_projection @ torch.cat([vector[0], users[row]])
+                terms.append(torch.nn.functional.smooth_l1_loss(read[0], target, reduction="none"))
+        expected = torch.cat(terms).mean()
+        assert len(terms) == int(mask.sum(1).clamp(max=n_reads).sum())
+        torch.testing.assert_close(model.memory_loss(batch), expected)
+        # The target is fixed (a buffer) and orthogonal, as documented.
+        projection = model.memory_target_projection
+        assert not projection.requires_grad
+        torch.testing.assert_close(projection @ projection.T, torch.eye(projection.shape[0]), atol=1e-5, rtol=0)

@@ -93,8 +93,12 @@ def test_same_seed_same_result_different_seed_differs(data) -> None:
 
 def test_max_steps_per_epoch_and_history(data) -> None:
     model = tiny_model()
+    train_steps = []
+    model.register_forward_hook(lambda module, args, out: train_steps.append(1) if module.training else None)
     config = TrainConfig(epochs=1, batch_size=8, max_steps_per_epoch=2, progress=False)
     result = train_model(model, *data, config=config)
+    assert len(data[0]) > 2 * 8  # the cap, not the data, ends the epoch
+    assert len(train_steps) == 2
     record = result.history[0]
     assert record["train_samples_per_second"] > 0
     assert record["valid"]["n_samples"] == len(data[1])
