@@ -8,6 +8,7 @@ from components.evaluate_models import evaluate_models
 from components.gate_promotion import gate_promotion
 from components.ingest import ingest_dataset
 from components.materialize_features import materialize_features
+from components.package_bento import package_bento
 from components.register_model import register_model
 from components.train_model import train_model
 from components.validate_training_set import validate_training_set
@@ -125,3 +126,10 @@ def training_pipeline(
             registry_dir=registry_dir,
         )
         register_task.set_caching_options(False)
+        package_task = package_bento(
+            registered_tag=register_task.output,
+            events=ingest_task.outputs["events"],
+            feature_repo=features_task.outputs["feature_repo"],
+            registry_dir=registry_dir,
+        )
+        package_task.set_caching_options(False)

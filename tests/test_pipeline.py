@@ -73,7 +73,8 @@ def test_register_runs_only_when_the_gate_says_promote(compiled):
     assert "gate-promotion-Output" in condition["triggerPolicy"]["condition"]
     assert "'promote'" in condition["triggerPolicy"]["condition"]
     inner = compiled["components"][condition["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(inner) == ["register-model"]
+    assert sorted(inner) == ["package-bento", "register-model"]  # the Bento is built after register
+    assert inner["package-bento"]["dependentTasks"] == ["register-model"]
     # Training waits for validation, fanned out over the models parameter.
     loop = next(t for t in tasks.values() if "parameterIterator" in t)
     assert (

@@ -144,7 +144,6 @@ def build_bento(registry_root: str | Path, config: ServingConfig, name: str | No
             "labels": {"project": "longrec", "model_tag": config.model_tag.replace(":", "-")},
             "include": ["service.py", CONFIG_FILE, "longrec/**"],
             "python": {"packages": _pinned_packages(), "lock_packages": False},
-            "envs": [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}],
         }
         (context / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
         result = subprocess.run(
@@ -193,11 +192,13 @@ def read_bento_record(registry_root: str | Path, dataset: str) -> dict | None:
 
 def package_production(
     registry_root: str | Path,
-    dataset: str,
+    track: str,
     feature_repo: str | Path | None = None,
     n_shards: int = DEFAULT_SHARDS,
+    model_tag: str | None = None,
 ) -> dict:
-    """Build the Bento of a dataset's production model and record it next to the production pointer.
+    """Build the Bento of a track's production model (or of ``model_tag``) and record it next to the
+    production pointer.
 
     A copy of the Feast repo goes under ``<registry>/features/`` so the Bento's config points at a folder
     that outlives the pipeline run (override it at serve time with $LONGREC_FEATURE_REPO).
@@ -205,27 +206,29 @@ def package_production(
     from longrec.registry.store import ModelRegistry, dataset_slug
 
     registry_root = Path(registry_root).resolve()
-    pointer = ModelRegistry(registry_root).production(dataset)
-    if pointer is None:
-        raise RuntimeError(f"no production model for {dataset} in {registry_root}")
-    tag = pointer["tag"]
+    if model_tag is None:
+        pointer = ModelRegistry(registry_root).production(track)
+        if pointer is None:
+            raise RuntimeError(f"no production model for {track} in {registry_root}")
+        model_tag = pointer["tag"]
     served_repo = None
     if feature_repo:
-        served_repo = registry_root / "features" / f"{dataset_slug(dataset)}-{tag.partition(':')[2]}"
+        served_repo = registry_root / "features" / f"{dataset_slug(track)}-{model_tag.partition(':')[2]}"
         if not served_repo.is_dir():
             tmp = served_repo.with_name(served_repo.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(feature_repo, tmp)
             os.replace(tmp, served_repo)
-    config = prepare_serving(registry_root, tag, n_shards, served_repo, dataset)
+    config = prepare_serving(registry_root, model_tag, n_shards, served_repo, track)
     bento_tag = build_bento(registry_root, config)
     record = {
-        "model_tag": tag,
+        "model_tag": model_tag,
         "bento_tag": bento_tag,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_name": config.model_name,
         "shard_tags": config.shard_tags,
         "feature_repo": config.feature_repo,
     }
-    write_bento_record(registry_root, dataset, record)
+    write_bento_record(registry_root, track, record)
+    logger.info("Bento %s for %s recorded for %s", bento_tag, model_tag, track)
     return record

@@ -1,0 +1,54 @@
+"""The package-bento component builds a Bento offline for a registered LMN model (2 shard models), records
+its tag next to the production pointer, and the Bento served by tag answers /rank like the offline model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from kfp import dsl
+from test_serving import NOW, offline_logits, world  # noqa: F401  (the module-scoped world fixture)
+from test_serving_http import free_port
+
+from components.package_bento import package_bento
+from longrec.serving.package import read_bento_record
+from longrec.serving.process import ServeProcess
+
+pytestmark = pytest.mark.slow
+
+
+def test_package_bento_component_then_serve_the_bento_by_tag(world, tmp_path: Path) -> None:  # noqa: F811
+    events_dir = tmp_path / "events"
+    events_dir.mkdir()
+    (events_dir / "dataset.json").write_text(json.dumps({"name": "demo", "fingerprint": "x"}))
+    registry = world["root"] / "registry"
+    bento_tag = package_bento.python_func(
+        registered_tag=world["tags"]["lmn"],
+        events=dsl.Dataset(uri=str(events_dir)),
+        feature_repo=dsl.Artifact(uri=str(world["repo"])),
+        registry_dir=str(registry),
+        n_shards=2,
+    )
+    record = read_bento_record(registry, "demo")
+    assert record["bento_tag"] == bento_tag and record["model_tag"] == world["tags"]["lmn"]
+    assert len(record["shard_tags"]) == 2 and record["built_at"].endswith("Z")
+    assert (registry / "bentos" / bento_tag.replace(":", "/") / "bento.yaml").is_file()
+    bento_yaml = (registry / "bentos" / bento_tag.replace(":", "/") / "bento.yaml").read_text()
+    assert "MemoryShard0" in bento_yaml and "MemoryShard1" in bento_yaml
+    assert "torch==" in (registry / "bentos" / bento_tag.replace(":", "/") / "env/python/requirements.txt").read_text()
+
+    with ServeProcess(registry, free_port(), bento_tag=bento_tag) as server:
+        candidates = [5, 17, 3, 42]
+        response = httpx.post(
+            f"{server.url}/rank", json={"user_id": 3, "candidate_items": candidates, "timestamp": NOW}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_tag"] == world["tags"]["lmn"] and not body["degraded_memory"]
+        served = {item["item_id"]: item["logit"] for item in body["items"]}
+        np.testing.assert_allclose(
+            [served[c] for c in candidates], offline_logits(world, "lmn", 3, candidates), atol=1e-5, rtol=0
+        )
