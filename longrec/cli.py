@@ -99,6 +99,9 @@ def run(
     learning_rate: float = LrOpt,
     runs_dir: Path = typer.Option(DEFAULT_HOME / "runs", help="Where run folders go."),
     registry_dir: Path = typer.Option(DEFAULT_HOME / "registry", help="Model registry root."),
+    serve_demo: bool = typer.Option(
+        True, help="End by serving the production model and ranking a few test-period users."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole training pipeline locally (kfp.local) and print the comparison and the decision."""
@@ -141,6 +144,11 @@ def run(
     typer.echo(f"wall time: {summary.wall_seconds:.0f} s")
     if summary.status != "succeeded":
         fail(f"pipeline failed: {summary.failure}", code=1)
+    if serve_demo:
+        from longrec.serving.run import showcase_run
+
+        typer.echo("")
+        showcase_run(summary.run_dir, registry_dir.resolve(), echo=typer.echo)
 
 
 @pipeline_app.command("compile")
@@ -239,6 +247,68 @@ def train(
     except DatasetError as error:
         fail(str(error))
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def serve(
+    tag: str = typer.Option(None, help="Serve this registered model tag (see `longrec registry list`)."),
+    dataset: str = typer.Option(None, help="Serve the production model of this dataset (track)."),
+    port: int = typer.Option(3000, help="HTTP port of the ranker."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 for every interface)."),
+    registry_dir: Path = typer.Option(DEFAULT_HOME / "registry", help="Model registry root."),
+    feature_repo: Path = typer.Option(
+        None,
+        help="Feast repo the ranker reads user histories from (default: the one recorded with the "
+        "dataset's Bento). Without one every user is ranked with an empty history.",
+    ),
+    feature_store_yaml: Path = typer.Option(
+        None,
+        help="Feast config of the online store, default <feature-repo>/feature_store.yaml (SQLite). For "
+        "Redis: a feature_store.yaml with `online_store: {type: redis, connection_string: "
+        "${REDIS_CONNECTION_STRING}}` (as feature_repo/feature_store.redis.yaml), materialized into that "
+        "Redis, and REDIS_CONNECTION_STRING=host:port exported before `longrec serve`.",
+    ),
+    shards: int = typer.Option(2, min=1, help="Memory shard services of an LMN model."),
+    shard_timeout: float = typer.Option(None, help="Seconds a memory gather may take before its slots read as zero."),
+    bento: bool = typer.Option(True, help="Serve the recorded Bento when one was built for the model."),
+) -> None:
+    """Serve a registered model (the production one of --dataset, or --tag) with its shard services."""
+    _setup_logging(False)
+    if (tag is None) == (dataset is None):
+        fail("give exactly one of --tag and --dataset")
+    for path in (feature_repo, feature_store_yaml):
+        if path is not None and not path.exists():
+            fail(f"{path} does not exist")
+    from longrec.registry.store import RegistryError
+    from longrec.serving.process import ServeError
+    from longrec.serving.run import resolve_target
+
+    try:
+        target = resolve_target(
+            registry_dir, tag, dataset, feature_repo, feature_store_yaml, shards, shard_timeout, bento
+        )
+    except (RegistryError, ValueError) as error:
+        fail(str(error))
+    process = target.process(registry_dir, port, host=host)
+
+    def stop_on_term(*_) -> None:  # TERM stops the service as Ctrl-C does, never orphaning it
+        raise KeyboardInterrupt
+
+    import signal
+
+    signal.signal(signal.SIGTERM, stop_on_term)
+    typer.echo(f"serving {target.model_tag}" + (f" from Bento {target.bento_tag}" if target.bento_tag else ""))
+    try:
+        process.start()
+        process.wait_ready(timeout=180)
+        typer.echo(f"ready: POST {process.url}/rank  (GET /healthz /readyz /metrics; Ctrl-C stops)")
+        process.process.wait()
+    except KeyboardInterrupt:
+        pass
+    except ServeError as error:
+        fail(str(error), code=1)
+    finally:
+        process.stop()
 
 
 @app.command()

@@ -52,3 +52,47 @@ def test_package_bento_component_then_serve_the_bento_by_tag(world, tmp_path: Pa
         np.testing.assert_allclose(
             [served[c] for c in candidates], offline_logits(world, "lmn", 3, candidates), atol=1e-5, rtol=0
         )
+
+
+def test_longrec_serve_cli(world, tmp_path: Path) -> None:  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from typer.testing import CliRunner
+
+    from longrec.cli import app
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "Redis" in help_text and "REDIS_CONNECTION_STRING" in help_text
+    both = runner.invoke(app, ["serve", "--tag", "x:y", "--dataset", "demo"])
+    assert both.exit_code == 2 and "exactly one" in both.output
+    registry = str(world["root"] / "registry")
+    missing = runner.invoke(app, ["serve", "--tag", "longrec-nope:v1", "--registry-dir", registry])
+    assert missing.exit_code == 2 and "longrec-nope:v1" in missing.output
+
+    port = free_port()
+    command = [sys.executable, "-m", "longrec.cli", "serve", "--tag", world["tags"]["din"], "--port", str(port),
+               "--registry-dir", registry, "--feature-repo", str(world["repo"])]  # fmt: skip
+    log = (tmp_path / "serve.log").open("wb")
+    cli = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while time.monotonic() < deadline and cli.poll() is None:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/rank", json={"user_id": 2, "candidate_items": [1, 2]})
+                if answer.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert answer is not None and answer.status_code == 200, (tmp_path / "serve.log").read_text()[-2000:]
+        assert answer.json()["model_tag"] == world["tags"]["din"]
+    finally:
+        os.kill(cli.pid, signal.SIGTERM)
+        cli.wait(timeout=60)
+    with pytest.raises(httpx.HTTPError):  # the service went down with the command
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
