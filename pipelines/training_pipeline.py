@@ -1,8 +1,11 @@
 """The training pipeline: ingest → features → training set → validate → train each model → evaluate
 against DIN → gate on AUC → register. Compiles to IR YAML for the Kubeflow UI and runs with kfp.local."""
 
-from kfp import dsl
+import os
 
+from kfp import dsl, kubernetes
+
+from components.base import BASE_IMAGE
 from components.build_training_set import build_training_set
 from components.evaluate_models import evaluate_models
 from components.gate_promotion import gate_promotion
@@ -18,6 +21,21 @@ PIPELINE_NAME = "longrec-training"
 TRAIN_ACCELERATOR_TYPE = "nvidia.com/gpu"
 TRAIN_ACCELERATOR_LIMIT = 1
 TRAIN_RETRIES = 2
+# Train tasks run the CUDA build of the component image (infra/docker/Dockerfile, TORCH_VARIANT=cuda), only
+# on GPU nodes, tolerating their taint; every other task stays on the CPU image and CPU nodes.
+TRAIN_IMAGE = os.environ.get("LONGREC_TRAIN_IMAGE", f"{BASE_IMAGE}-cuda")
+TRAIN_NODE_SELECTOR = ("nvidia.com/gpu.present", "true")
+TRAIN_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# The model registry's volume (infra/k8s/base/registry-pvc.yaml), mounted into every task that reads or
+# moves registry state; $LONGREC_REGISTRY makes it the registry when `registry_dir` is left empty.
+REGISTRY_PVC = os.environ.get("LONGREC_REGISTRY_PVC", "longrec-model-registry")
+REGISTRY_MOUNT_PATH = "/mnt/longrec-registry"
+
+
+def use_registry_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Mount the registry claim at REGISTRY_MOUNT_PATH and make it the default registry of ``task``."""
+    kubernetes.mount_pvc(task, pvc_name=REGISTRY_PVC, mount_path=REGISTRY_MOUNT_PATH)
+    return task.set_env_variable("LONGREC_REGISTRY", REGISTRY_MOUNT_PATH)
 
 
 @dsl.pipeline(
@@ -101,6 +119,9 @@ def training_pipeline(
         ).after(validate_task)
         train_task.set_accelerator_type(TRAIN_ACCELERATOR_TYPE).set_accelerator_limit(TRAIN_ACCELERATOR_LIMIT)
         train_task.set_cpu_request("2").set_memory_request("8G")
+        train_task.set_container_image(TRAIN_IMAGE)
+        kubernetes.add_node_selector(train_task, *TRAIN_NODE_SELECTOR)
+        kubernetes.add_toleration(train_task, **TRAIN_TOLERATION)
         # A preempted GPU node or a lost pod is worth another try; training is seeded, so a retry is the same run.
         train_task.set_retry(num_retries=TRAIN_RETRIES, backoff_duration="60s", backoff_factor=2.0)
 
@@ -111,6 +132,7 @@ def training_pipeline(
     )
     # Tasks that read or move registry state must never be served from cache: production may have moved.
     evaluate_task.set_caching_options(False)
+    use_registry_volume(evaluate_task)
     gate_task = gate_promotion(
         gate_inputs=evaluate_task.outputs["gate_inputs"],
         auc_floor=auc_floor,
@@ -118,6 +140,7 @@ def training_pipeline(
         max_logloss_increase=max_logloss_increase,
     )
     gate_task.set_caching_options(False)
+    use_registry_volume(gate_task)
     with dsl.If(gate_task.outputs["Output"] == "promote", name="auc-gate-passed"):
         register_task = register_model(
             candidate=evaluate_task.outputs["candidate"],
@@ -126,6 +149,7 @@ def training_pipeline(
             registry_dir=registry_dir,
         )
         register_task.set_caching_options(False)
+        use_registry_volume(register_task)
         package_task = package_bento(
             registered_tag=register_task.output,
             events=ingest_task.outputs["events"],
@@ -133,3 +157,4 @@ def training_pipeline(
             registry_dir=registry_dir,
         )
         package_task.set_caching_options(False)
+        use_registry_volume(package_task)

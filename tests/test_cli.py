@@ -51,8 +51,9 @@ def test_pipeline_compile_writes_ir_yaml(tmp_path):
     out = tmp_path / "p.yaml"
     result = run_cli("pipeline", "compile", "--output", out)
     assert result.exit_code == 0, result.output
-    spec = yaml.safe_load(out.read_text())
+    spec, platform = yaml.safe_load_all(out.read_text())  # IR, then the Kubernetes platform spec
     assert spec["pipelineInfo"]["name"] == "longrec-training"
+    assert "kubernetes" in platform["platforms"]
 
 
 def test_pipeline_submit_uses_the_kfp_client(tmp_path):

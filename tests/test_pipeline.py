@@ -6,6 +6,7 @@ import pytest
 import yaml
 from conftest import TINY_MAX_EVENTS
 
+from components.base import BASE_IMAGE
 from longrec.pipeline.local import compile_pipeline, run_local
 from longrec.registry.store import ModelRegistry
 
@@ -15,7 +16,8 @@ TINY_TRACK = f"ml-100k@first-{TINY_MAX_EVENTS}-events"
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     path = compile_pipeline(tmp_path_factory.mktemp("yaml") / "pipeline.yaml")
-    return yaml.safe_load(path.read_text())
+    # The IR is the first document; the second holds the Kubernetes platform spec (kfp-kubernetes).
+    return next(yaml.safe_load_all(path.read_text()))
 
 
 def test_compiled_yaml_exposes_parameters_for_the_ui(compiled):
@@ -63,8 +65,9 @@ def test_train_tasks_request_a_gpu(compiled):
     assert train["resources"]["accelerator"]["resourceCount"] == "1"
     others = [e for name, e in executors.items() if name != "exec-train-model"]
     assert all("accelerator" not in e["container"].get("resources", {}) for e in others)
-    # Every component runs from the one base image.
-    assert len({e["container"]["image"] for e in executors.values()}) == 1
+    # Every other component runs from the one base image; train runs its CUDA build.
+    assert {e["container"]["image"] for e in others} == {BASE_IMAGE}
+    assert train["image"] == f"{BASE_IMAGE}-cuda"
 
 
 def test_register_runs_only_when_the_gate_says_promote(compiled):
