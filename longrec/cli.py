@@ -24,6 +24,9 @@ def _mount_experiments() -> None:
 
     app.add_typer(ablate_app, name="ablate", help="Ablation studies: `longrec ablate imn ...`.")
     app.add_typer(nextitem_app, name="nextitem", help="Next-item ranking (RecBLR, SASRec): HR/NDCG/MRR@K.")
+    from longrec.rollout.cli import rollout_app
+
+    app.add_typer(rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report.")
     from longrec.registry.cli import registry_app
 
     app.add_typer(registry_app, name="registry")
@@ -168,6 +171,15 @@ def submit(
     experiment: str = typer.Option("longrec", help="KFP experiment name."),
     run_name: str = typer.Option(None, help="Run name (default: KFP's)."),
     namespace: str = typer.Option(None, help="Kubeflow namespace (multi-user deployments)."),
+    service_account: str = typer.Option(
+        None,
+        help="Service account of the run's pods (infra/k8s creates longrec-pipeline-runner); default: KFP's.",
+    ),
+    cron: str = typer.Option(
+        None,
+        help="Create a recurring run on this 6-field cron schedule (e.g. '0 0 3 * * *') instead of one run.",
+    ),
+    token: str = typer.Option(None, envvar="KF_PIPELINES_TOKEN", help="Bearer token for the KFP API."),
     dataset: str = DatasetOpt,
     models: str = ModelsOpt,
     max_history_length: int = LengthOpt,
@@ -180,9 +192,17 @@ def submit(
     split: str = SplitOpt,
     negative_sampling: str = SamplingOpt,
     seed: int = SeedOpt,
-    registry_dir: str = typer.Option("", help="Registry root inside the cluster (a shared volume)."),
+    batch_size: int = BatchOpt,
+    learning_rate: float = LrOpt,
+    train_negatives: int = typer.Option(1, help="Negatives per positive in train."),
+    eval_negatives: int = typer.Option(4, help="Negatives per positive in valid/test."),
+    min_positive_rate: float = typer.Option(0.05, help="Validation: lowest share of positives in any split."),
+    max_positive_rate: float = typer.Option(0.6, help="Validation: highest share of positives in any split."),
+    registry_dir: str = typer.Option(
+        "", help="Registry root inside the cluster; empty = the registry volume the pipeline mounts."
+    ),
 ) -> None:
-    """Submit a pipeline run to a Kubeflow Pipelines cluster."""
+    """Submit a pipeline run (or, with --cron, a recurring run) to a Kubeflow Pipelines cluster."""
     _setup_logging(False)
     # A dataset path is read inside the cluster, so it is not checked for existence here.
     params = _params(
@@ -199,15 +219,36 @@ def submit(
         split=split,
         negative_sampling=negative_sampling,
         seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        train_negatives=train_negatives,
+        eval_negatives=eval_negatives,
+        min_positive_rate=min_positive_rate,
+        max_positive_rate=max_positive_rate,
         registry_dir=registry_dir,
     )
-    from longrec.pipeline.submit import submit_pipeline
+    from longrec.pipeline.submit import submit_pipeline, validate_cron
 
+    if cron is not None:
+        try:
+            validate_cron(cron)
+        except ValueError as error:
+            fail(str(error))
     try:
-        run_id = submit_pipeline(host, params, experiment=experiment, run_name=run_name, namespace=namespace)
+        submitted = submit_pipeline(
+            host,
+            params,
+            experiment=experiment,
+            run_name=run_name,
+            namespace=namespace,
+            existing_token=token,
+            service_account=service_account,
+            cron=cron,
+        )
     except Exception as error:  # connection and API errors: one line, not a traceback
         fail(f"could not submit to {host}: {error}", code=1)
-    typer.echo(f"submitted run {run_id} to {host}")
+    kind = "recurring run" if submitted.recurring else "run"
+    typer.echo(f"submitted {kind} {submitted.id} to {host} (experiment {submitted.experiment_id})")
 
 
 @app.command()

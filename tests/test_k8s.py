@@ -1,0 +1,314 @@
+"""Kubernetes manifests (infra/k8s) and the compiled pipeline's Kubernetes settings, checked offline: every
+manifest against the Kubernetes JSON schemas (kubernetes-validate ships them), every overlay rendered with
+`kubectl kustomize`, and what the services, probes, volumes and GPU placement must agree on."""
+
+import copy
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from longrec.pipeline.local import compile_pipeline
+from pipelines import training_pipeline as tp
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "infra" / "k8s"
+OVERLAYS = ("dev", "gpu")
+# The oldest Kubernetes release the manifests are meant for (schemas ship with kubernetes-validate).
+K8S_VERSION = "1.30.0"
+NOT_MANIFESTS = {"kustomization.yaml", "feature_store.yaml"}  # kustomize input and a Feast config
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml") if p.name not in NOT_MANIFESTS)
+
+
+def validate(document: dict) -> None:
+    kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+
+
+def render(overlay: str) -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: overlays cannot be rendered (kubectl kustomize)")
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, render(request.param)
+
+
+def find(documents: list[dict], kind: str, name: str) -> dict:
+    matches = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def container(deployment: dict) -> dict:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+# --- schemas -----------------------------------------------------------------------------------------
+
+
+def test_validator_ships_its_schemas_and_rejects_bad_manifests():
+    """Offline: the schemas are inside the package; a wrong type and an unknown field are both errors."""
+    assert kubernetes_validate.utils.latest_version()  # no download: read from the package's schema folder
+    deployment = next(yaml.safe_load_all((K8S / "base" / "ranker.yaml").read_text()))
+    assert deployment["kind"] == "Deployment"
+    validate(deployment)
+    bad = copy.deepcopy(deployment)
+    bad["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(bad)
+    unknown = copy.deepcopy(deployment)
+    unknown["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(unknown)
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_every_manifest_file_validates(path):
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert documents
+    for document in documents:
+        validate(document)
+
+
+def test_every_rendered_manifest_validates(rendered):
+    overlay, documents = rendered
+    namespaces = {d["metadata"]["name"] for d in documents if d["kind"] == "Namespace"}
+    assert len(namespaces) == 1
+    for document in documents:
+        validate(document)
+        if document["kind"] != "Namespace":
+            assert document["metadata"]["namespace"] in namespaces, document["metadata"]["name"]
+
+
+def test_images_are_pinned(rendered):
+    _, documents = rendered
+    for document in documents:
+        spec = document.get("spec", {})
+        pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get(
+            "template", {}
+        ).get("spec")
+        for item in (pod or {}).get("containers", []):
+            name, _, tag = item["image"].rpartition(":")
+            assert name and tag and tag != "latest", item["image"]
+
+
+# --- the online service --------------------------------------------------------------------------------
+
+
+def shard_services() -> list[str]:
+    """Shard service names as serving/service.py names them, for the default shard count."""
+    from longrec.serving.config import DEFAULT_SHARDS
+
+    source = (ROOT / "serving" / "service.py").read_text()
+    assert 'name=f"MemoryShard{index}"' in source
+    return [f"MemoryShard{i}" for i in range(DEFAULT_SHARDS)]
+
+
+def test_services_select_their_pods_and_probe_the_health_routes(rendered):
+    _, documents = rendered
+    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
+    served = ["longrec-ranker"] + [f"longrec-memory-shard-{i}" for i in range(len(shard_services()))]
+    for name in served:
+        deployment = deployments[name]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items()
+        service = find(documents, "Service", name)
+        assert service["spec"]["selector"].items() <= labels.items()
+        item = container(deployment)
+        ports = {p["name"]: p["containerPort"] for p in item["ports"]}
+        assert service["spec"]["ports"][0]["targetPort"] in ports
+        # BentoML's health routes: /readyz answers 503 until __is_ready__ passes, /healthz while alive.
+        assert item["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert item["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert item["startupProbe"]["httpGet"]["path"] == "/healthz"
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert item[probe]["httpGet"]["port"] in ports
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= item["resources"][kind].keys(), (name, kind)
+
+
+def test_ranker_reaches_each_memory_shard_through_its_service(rendered):
+    _, documents = rendered
+    ranker = container(find(documents, "Deployment", "longrec-ranker"))
+    args = ranker["args"]
+    assert args[0] == "start-http-server" and "--service-name" not in args
+    depends = dict(args[i + 1].split("=", 1) for i, arg in enumerate(args) if arg == "--depends")
+    assert list(depends) == shard_services()
+    for index, name in enumerate(shard_services()):
+        url = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", depends[name])
+        assert url, depends[name]
+        service = find(documents, "Service", url.group(1))
+        assert int(url.group(2)) == service["spec"]["ports"][0]["port"]
+        shard = container(find(documents, "Deployment", f"longrec-memory-shard-{index}"))
+        assert shard["args"][:3] == ["start-http-server", "--service-name", name]
+
+
+def test_ranker_autoscales_and_reads_feast_from_redis(rendered):
+    _, documents = rendered
+    hpa = find(documents, "HorizontalPodAutoscaler", "longrec-ranker")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "longrec-ranker",
+    }
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    ranker = find(documents, "Deployment", "longrec-ranker")
+    env = {e["name"]: e["value"] for e in container(ranker)["env"]}
+    redis = find(documents, "Service", "longrec-redis")
+    assert env["REDIS_CONNECTION_STRING"] == f"longrec-redis:{redis['spec']['ports'][0]['port']}"
+    config_map = next(
+        d for d in documents if d["kind"] == "ConfigMap" and "longrec-feast-config" in d["metadata"]["name"]
+    )
+    volumes = {v["name"]: v for v in ranker["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["feast-config"]["configMap"]["name"] == config_map["metadata"]["name"]  # hashed name
+    mounts = {m["name"]: m["mountPath"] for m in container(ranker)["volumeMounts"]}
+    assert env["LONGREC_FEATURE_STORE_YAML"] == f"{mounts['feast-config']}/feature_store.yaml"
+    feast = yaml.safe_load(config_map["data"]["feature_store.yaml"])
+    assert Path(feast["registry"]).parent == Path(mounts["feast-data"])
+
+
+def test_gpu_placement_only_in_the_gpu_overlay():
+    for overlay in OVERLAYS:
+        documents = render(overlay)
+        for deployment in (d for d in documents if d["kind"] == "Deployment"):
+            spec = deployment["spec"]["template"]["spec"]
+            limits = container(deployment)["resources"].get("limits", {})
+            on_gpu = overlay == "gpu" and deployment["metadata"]["name"] == "longrec-ranker"
+            assert ("nvidia.com/gpu" in limits) == on_gpu, (overlay, deployment["metadata"]["name"])
+            assert ("nodeSelector" in spec) == on_gpu
+            if on_gpu:
+                assert limits["nvidia.com/gpu"] == "1"
+                assert spec["nodeSelector"] == dict([tp.TRAIN_NODE_SELECTOR])
+                assert spec["tolerations"] == [tp.TRAIN_TOLERATION]
+
+
+# --- Feast, the registry volume, the pipeline's service account ------------------------------------------
+
+
+def test_cluster_feast_config_matches_the_repo_redis_config():
+    cluster = yaml.safe_load((K8S / "base" / "feature_store.yaml").read_text())
+    repo = yaml.safe_load((ROOT / "feature_repo" / "feature_store.redis.yaml").read_text())
+    for key in ("project", "provider", "entity_key_serialization_version"):
+        assert cluster[key] == repo[key], key
+    assert cluster["offline_store"]["type"] == repo["offline_store"]["type"]
+    assert cluster["online_store"] == repo["online_store"]  # redis, ${REDIS_CONNECTION_STRING}
+    assert Path(cluster["registry"]).is_absolute()
+
+
+def test_materialization_cronjob_runs_the_export_and_feast(rendered):
+    _, documents = rendered
+    cronjob = find(documents, "CronJob", "longrec-feast-materialize")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = pod["containers"]
+    script = job["args"][0]
+    assert "python -m longrec.features.export" in script
+    assert (ROOT / "longrec" / "features" / "export.py").is_file()
+    assert 'feast -f "$FEAST_CONFIG" apply' in script and "materialize-incremental" in script
+    mounts = {m["name"]: m["mountPath"] for m in job["volumeMounts"]}
+    # The repo's sources read <feature_repo>/data: the volume is mounted exactly there in the image.
+    assert (
+        job["workingDir"] == "/opt/longrec/feature_repo"
+        and mounts["feast-data"] == "/opt/longrec/feature_repo/data"
+    )
+    env = {e["name"]: e["value"] for e in job["env"]}
+    assert env["FEAST_CONFIG"] == f"{mounts['feast-config']}/feature_store.yaml"
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["volumes"]}
+    ranker = find(documents, "Deployment", "longrec-ranker")["spec"]["template"]["spec"]
+    ranker_claims = {
+        v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in ranker["volumes"]
+    }
+    assert claims["feast-data"] == ranker_claims["feast-data"] == "longrec-feast-data"
+    find(documents, "PersistentVolumeClaim", "longrec-feast-data")
+
+
+def test_registry_claim_and_pipeline_service_account(rendered):
+    _, documents = rendered
+    claim = find(documents, "PersistentVolumeClaim", tp.REGISTRY_PVC)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    from longrec.pipeline.submit import PIPELINE_SERVICE_ACCOUNT
+
+    account = find(documents, "ServiceAccount", PIPELINE_SERVICE_ACCOUNT)
+    binding = find(documents, "RoleBinding", PIPELINE_SERVICE_ACCOUNT)
+    role = find(documents, "Role", binding["roleRef"]["name"])
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": account["metadata"]["name"],
+            "namespace": account["metadata"]["namespace"],
+        }
+    ]
+    granted = {
+        (group, resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert {("argoproj.io", "workflowtaskresults"), ("", "pods"), ("", "persistentvolumeclaims")} <= granted
+    assert not any(d["kind"].startswith("Cluster") for d in documents)  # nothing cluster-wide
+
+
+# --- the compiled pipeline's Kubernetes settings (kfp-kubernetes) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> tuple[dict, dict]:
+    path = compile_pipeline(tmp_path_factory.mktemp("yaml") / "pipeline.yaml")
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_gpu_request_node_selector_and_toleration_on_train_tasks_only(compiled):
+    spec, platform = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        resources = executor["container"].get("resources", {})
+        settings = platform.get(name, {})
+        is_train = name == "exec-train-model"
+        assert ("accelerator" in resources) == is_train, name
+        assert ("nodeSelector" in settings) == is_train, name
+        assert ("tolerations" in settings) == is_train, name
+    train = platform["exec-train-model"]
+    accelerator = executors["exec-train-model"]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    assert train["nodeSelector"]["labels"] == dict([tp.TRAIN_NODE_SELECTOR])
+    assert train["tolerations"] == [tp.TRAIN_TOLERATION]
+    assert executors["exec-train-model"]["container"]["image"] == tp.TRAIN_IMAGE
+
+
+def test_registry_volume_on_the_tasks_that_touch_the_registry(compiled):
+    spec, platform = compiled
+    registry_tasks = {
+        "exec-evaluate-models",
+        "exec-gate-promotion",
+        "exec-register-model",
+        "exec-package-bento",
+    }
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        mounts = platform.get(name, {}).get("pvcMount", [])
+        env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+        if name in registry_tasks:
+            assert [(m["constant"], m["mountPath"]) for m in mounts] == [
+                (tp.REGISTRY_PVC, tp.REGISTRY_MOUNT_PATH)
+            ]
+            assert (
+                env["LONGREC_REGISTRY"] == tp.REGISTRY_MOUNT_PATH
+            )  # the default registry when registry_dir=""
+        else:
+            assert not mounts and "LONGREC_REGISTRY" not in env, name
+    assert registry_tasks <= spec["deploymentSpec"]["executors"].keys()
