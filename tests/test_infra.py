@@ -1,30 +1,59 @@
-"""Static checks of what cannot be built here (no Docker engine): the component image's Dockerfile."""
+"""Static checks of what cannot be built here (no Docker engine): the component image's Dockerfile in its
+CPU and CUDA variants, its pins against constraints.txt, and the documented serving image."""
 
 import re
 import shlex
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from components.base import BASE_IMAGE
+from pipelines import training_pipeline as tp
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "infra" / "docker" / "Dockerfile"
+DOCKER = ROOT / "infra" / "docker"
+DOCKERFILE = DOCKER / "Dockerfile"
+KNOWN = {"FROM", "ENV", "RUN", "WORKDIR", "COPY", "ARG", "USER", "LABEL", "ENTRYPOINT", "CMD"}
 
 
-def instructions():
-    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    steps = []
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
-            yield keyword.upper(), rest.strip()
+            steps.append((keyword.upper(), rest.strip()))
+    return steps
+
+
+def build_args() -> dict[str, str]:
+    args = {}
+    for keyword, rest in instructions():
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name.strip().lower())] = version.strip()
+    return pins
+
+
+def install_script() -> str:
+    return next(rest for keyword, rest in instructions() if keyword == "RUN" and "uv pip install" in rest)
 
 
 def test_dockerfile_is_well_formed_and_copies_only_what_exists():
-    steps = list(instructions())
-    assert steps[0][0] == "FROM" and "python:3.11" in steps[0][1]
-    known = {"FROM", "ENV", "RUN", "WORKDIR", "COPY", "ARG", "USER", "LABEL", "ENTRYPOINT", "CMD"}
-    assert {k for k, _ in steps} <= known
+    steps = instructions()
+    assert steps[0][0] == "FROM"
+    assert {k for k, _ in steps} <= KNOWN
     for keyword, rest in steps:
         if keyword == "COPY":
             *sources, _target = shlex.split(rest)
@@ -32,20 +61,61 @@ def test_dockerfile_is_well_formed_and_copies_only_what_exists():
                 assert (ROOT / source).exists(), f"COPY source {source} missing"
 
 
-def test_dockerfile_installs_the_pinned_set_and_the_gpu_extra():
+def test_base_python_matches_the_package():
+    base = instructions()[0][1]
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    minor = re.fullmatch(r"python:(\d+\.\d+)-slim-\w+", base).group(1)
+    assert f">={minor}" in requires and base.endswith("bookworm")
+
+
+def test_pinned_versions_match_constraints():
+    pins = constraints()
+    args = build_args()
+    assert pins["torch"].split("+")[0] == args["TORCH_VERSION"]
+    assert pins["uv"] == args["UV_VERSION"]
+    script = install_script()
+    for name, version in re.findall(r"\b([a-z][a-z0-9_.-]*)==([0-9][^\s\"']*)", script):
+        if "$" not in version:
+            assert pins[re.sub(r"[-_.]+", "-", name)] == version, name
+    # Everything but torch comes from the verified set.
+    assert "grep -v '^torch==' constraints.txt > /tmp/constraints.txt" in script
+    assert script.count("-c /tmp/constraints.txt") == 3
+    gpu_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "gpu"
+    ]
+    for requirement in gpu_extra:
+        name, _, version = requirement.partition("==")
+        assert pins[name] == version  # triton, as the CUDA torch wheel pins it
+    assert "recbole==1.2.1" in script  # the default dataset ships inside this wheel
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_each_variant_installs_its_torch_build(variant):
+    """The case branch of each variant, as the shell would run it with TORCH_VARIANT set."""
+    script = install_script()
+    branches = dict(re.findall(r"\b(cpu|cuda)\)\s(.*?);;", script))
+    assert set(branches) == {"cpu", "cuda"}
+    branch = branches[variant]
+    if variant == "cpu":
+        assert "--index-url https://download.pytorch.org/whl/cpu" in branch
+        assert '"torch==${TORCH_VERSION}+cpu"' in branch and 'EXTRAS=""' in branch
+    else:
+        assert "download.pytorch.org" not in branch  # PyPI's default torch wheel is the CUDA build
+        assert '"torch==${TORCH_VERSION}"' in branch and 'EXTRAS="[gpu]"' in branch
+    assert '".${EXTRAS}"' in script
+    assert build_args()["TORCH_VARIANT"] == "cpu"  # the plain build is the CPU image
+    assert "TORCH_VARIANT must be cpu or cuda" in script
+
+
+def test_images_the_pipeline_uses_are_the_documented_tags():
     text = DOCKERFILE.read_text()
-    assert "-c /tmp/constraints.txt" in text and '".[gpu]"' in text
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert any(dep.startswith("triton==") for dep in extras["gpu"])
-    assert "recbole==1.2.1" in text  # the default dataset ships inside this wheel
-
-
-def test_components_use_the_image_the_dockerfile_documents():
-    assert f"-t {BASE_IMAGE.split(':')[0]}:" in DOCKERFILE.read_text()
+    assert f"-t {BASE_IMAGE}" in text  # CPU: every task but train
+    assert f"-t {BASE_IMAGE}-cuda" in text and "--build-arg TORCH_VARIANT=cuda" in text
+    assert tp.TRAIN_IMAGE == f"{BASE_IMAGE}-cuda"
 
 
 def test_dockerfile_prebuilds_the_cpu_scan_kernel_as_the_runtime_user():
-    steps = list(instructions())
+    steps = instructions()
     user_at = next(i for i, (k, rest) in enumerate(steps) if k == "USER" and rest == "longrec")
     builds = [i for i, (k, rest) in enumerate(steps) if k == "RUN" and "cpu_kernel_available()" in rest]
     assert builds and builds[0] > user_at  # built into the cache of the user that runs the tasks
@@ -54,3 +124,21 @@ def test_dockerfile_prebuilds_the_cpu_scan_kernel_as_the_runtime_user():
     source = ROOT / "longrec" / "kernels" / "scan_cpu.cpp"
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert source.is_file() and "*.cpp" in package_data["longrec.kernels"]
+
+
+def test_build_context_ignores_local_state():
+    ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert {".venv", ".longrec", "feature_repo/data"} <= set(ignored)
+
+
+def test_serving_image_is_documented_as_the_manifests_run_it():
+    readme = (DOCKER / "README.md").read_text()
+    assert "bentoml containerize" in readme and "BENTOML_HOME" in readme
+    assert "start-http-server --service-name MemoryShardN" in readme
+    ranker = (ROOT / "infra" / "k8s" / "base" / "ranker.yaml").read_text()
+    shards = (ROOT / "infra" / "k8s" / "base" / "memory-shards.yaml").read_text()
+    assert "image: longrec-ranker" in ranker and "image: longrec-ranker" in shards
+    assert (
+        "newName: ghcr.io/longrec/longrec-ranker"
+        in (ROOT / "infra" / "k8s" / "base" / "kustomization.yaml").read_text()
+    )
