@@ -5,12 +5,18 @@ manifest against the Kubernetes JSON schemas (kubernetes-validate ships them), e
 import copy
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
+from test_serving import NOW, offline_logits, world  # noqa: F401  (world: a Feast repo and stored models)
 
 from longrec.pipeline.local import compile_pipeline
 from pipelines import training_pipeline as tp
@@ -312,3 +318,96 @@ def test_registry_volume_on_the_tasks_that_touch_the_registry(compiled):
         else:
             assert not mounts and "LONGREC_REGISTRY" not in env, name
     assert registry_tasks <= spec["deploymentSpec"]["executors"].keys()
+
+
+# --- the split topology the manifests deploy, run on loopback ---------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def container_args(overlay: str, name: str) -> list[str]:
+    return container(find(render(overlay), "Deployment", name))["args"]
+
+
+@pytest.mark.slow
+def test_ranker_and_shards_as_separate_servers_with_the_manifests_args(world, tmp_path):  # noqa: F811
+    """Each shard and the ranker started as their own `start-http-server` (the Bento image's entrypoint
+    command) with the args of the manifests, ports and hosts rewritten for loopback: all become ready, the
+    ranker starts no shard of its own and ranks through the shard servers."""
+    import httpx
+
+    from longrec.serving.package import REPO_ROOT, prepare_serving
+    from longrec.serving.process import ServeProcess
+
+    config = prepare_serving(world["root"] / "registry", world["tags"]["lmn"], 2, world["repo"])
+    base = ServeProcess(world["root"] / "registry", 0, config=config)
+    _, env = base.command()  # BENTOML_HOME, the serving config, PYTHONPATH
+    ports = {name: free_port() for name in ["ranker", *shard_services()]}
+
+    def loopback(args: list[str]) -> list[str]:
+        args = [a.replace("0.0.0.0", "127.0.0.1") for a in args]
+        args[args.index("--port") + 1] = str(ports["ranker"])
+        for index, name in enumerate(shard_services()):
+            args = [
+                a.replace(f"http://longrec-memory-shard-{index}:3000", f"http://127.0.0.1:{ports[name]}")
+                for a in args
+            ]
+        return args
+
+    commands = {}
+    for index, name in enumerate(shard_services()):
+        args = loopback(container_args("dev", f"longrec-memory-shard-{index}"))
+        args[args.index("--port") + 1] = str(ports[name])
+        commands[name] = args
+    commands["ranker"] = loopback(container_args("dev", "longrec-ranker"))
+    processes = {}
+    try:
+        for name, args in commands.items():
+            log = (tmp_path / f"{name}.log").open("wb")
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "bentoml_cli._internal.start", *args, "serving.service:Ranker"],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 180
+        for name, port in ports.items():
+            while True:
+                assert processes[name].poll() is None, (tmp_path / f"{name}.log").read_text()[-3000:]
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()[-3000:]
+                time.sleep(0.5)
+        candidates = [5, 17, 3, 42, 59, 8, 23]
+        body = {"user_id": 3, "candidate_items": candidates, "timestamp": NOW}
+        response = httpx.post(f"http://127.0.0.1:{ports['ranker']}/rank", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert not (answer["unknown_user"] or answer["feature_fallback"] or answer["degraded_memory"])
+        served = {item["item_id"]: item["logit"] for item in answer["items"]}
+        expected = offline_logits(world, "lmn", 3, candidates)  # the shards' rows are the model's memory
+        np.testing.assert_allclose([served[c] for c in candidates], expected, atol=1e-5, rtol=0)
+        metrics = httpx.get(f"http://127.0.0.1:{ports['ranker']}/metrics", timeout=5).text
+        assert re.search(r'longrec_memory_shard_latency_seconds_count\{shard="0"\} [1-9]', metrics), metrics[
+            -2000:
+        ]
+        # The ranker's server runs one service: no MemoryShard worker of its own.
+        children = subprocess.run(["ps", "-eo", "ppid=,args="], capture_output=True, text=True).stdout
+        ranker_children = [
+            line for line in children.splitlines() if line.split(None, 1)[0] == str(processes["ranker"].pid)
+        ]
+        assert not any("MemoryShard" in line for line in ranker_children), ranker_children
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
