@@ -30,6 +30,10 @@ TRAIN_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "No
 # moves registry state; $LONGREC_REGISTRY makes it the registry when `registry_dir` is left empty.
 REGISTRY_PVC = os.environ.get("LONGREC_REGISTRY_PVC", "longrec-model-registry")
 REGISTRY_MOUNT_PATH = "/mnt/longrec-registry"
+# Event files for `dataset` on a cluster (infra/k8s/base/datasets-pvc.yaml), mounted into ingest only:
+# pass dataset=/mnt/longrec-data/<file> to train on a file put there.
+DATA_PVC = os.environ.get("LONGREC_DATA_PVC", "longrec-datasets")
+DATA_MOUNT_PATH = "/mnt/longrec-data"
 
 
 def use_registry_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -88,6 +92,7 @@ def training_pipeline(
         registry_dir: Model registry root (a shared volume on a cluster); empty = default.
     """
     ingest_task = ingest_dataset(dataset=dataset, max_events=max_events)
+    kubernetes.mount_pvc(ingest_task, pvc_name=DATA_PVC, mount_path=DATA_MOUNT_PATH)
     features_task = materialize_features(
         events=ingest_task.outputs["events"], max_history_length=max_history_length
     )

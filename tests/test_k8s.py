@@ -245,8 +245,14 @@ def test_materialization_cronjob_runs_the_export_and_feast(rendered):
 
 def test_registry_claim_and_pipeline_service_account(rendered):
     _, documents = rendered
-    claim = find(documents, "PersistentVolumeClaim", tp.REGISTRY_PVC)
-    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in (tp.REGISTRY_PVC, tp.DATA_PVC):  # the claims the compiled pipeline mounts
+        claim = find(documents, "PersistentVolumeClaim", name)
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    toolbox = [
+        d for d in yaml.safe_load_all((K8S / "ops" / "toolbox.yaml").read_text()) if d["kind"] == "Pod"
+    ][0]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in toolbox["spec"]["volumes"]}
+    assert claims["registry"] == tp.REGISTRY_PVC
     from longrec.pipeline.submit import PIPELINE_SERVICE_ACCOUNT
 
     account = find(documents, "ServiceAccount", PIPELINE_SERVICE_ACCOUNT)
@@ -306,12 +312,12 @@ def test_registry_volume_on_the_tasks_that_touch_the_registry(compiled):
         "exec-package-bento",
     }
     for name, executor in spec["deploymentSpec"]["executors"].items():
-        mounts = platform.get(name, {}).get("pvcMount", [])
+        mounts = [(m["constant"], m["mountPath"]) for m in platform.get(name, {}).get("pvcMount", [])]
         env = {e["name"]: e["value"] for e in executor["container"].get("env", [])}
-        if name in registry_tasks:
-            assert [(m["constant"], m["mountPath"]) for m in mounts] == [
-                (tp.REGISTRY_PVC, tp.REGISTRY_MOUNT_PATH)
-            ]
+        if name == "exec-ingest-dataset":  # event files for `dataset`
+            assert mounts == [(tp.DATA_PVC, tp.DATA_MOUNT_PATH)] and "LONGREC_REGISTRY" not in env
+        elif name in registry_tasks:
+            assert mounts == [(tp.REGISTRY_PVC, tp.REGISTRY_MOUNT_PATH)]
             assert (
                 env["LONGREC_REGISTRY"] == tp.REGISTRY_MOUNT_PATH
             )  # the default registry when registry_dir=""
