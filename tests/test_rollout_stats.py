@@ -3,12 +3,14 @@ fires on a real mismatch only, and the uplift intervals hold their coverage."""
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from longrec.rollout.stats import (
     always_valid_p,
     compare_rates,
     msprt_lambda,
     rate_ratio_upper,
+    ratio_variance,
     srm_check,
     z_test_p,
 )
@@ -85,3 +87,24 @@ def test_rate_ratio_upper_bound():
     assert rate_ratio_upper(500, 1000, 100, 1000) < 0.5  # candidate at a fifth of control
     assert rate_ratio_upper(500, 1000, 500, 1000) > 1.0
     assert rate_ratio_upper(0, 10, 5, 10) == float("inf")
+
+
+def test_user_level_variance_keeps_a_clustered_aa_test_honest():
+    """A/A with 40 users per arm, 50 impressions each, CTRs spread across users: a per-impression binomial
+    variance rejects far more often than alpha; the variance over users does not."""
+    rng = np.random.default_rng(3)
+    sims, users, per_user = 500, 40, 50
+    rates = rng.beta(2, 6, size=(sims, 2, users))
+    clicks = rng.binomial(per_user, rates)
+    impressions = np.full(users, per_user)
+    binomial_p = z_test_p(clicks[:, 0].sum(1), users * per_user, clicks[:, 1].sum(1), users * per_user)
+    user_level = []
+    for sim in range(sims):
+        v_a, v_b = ratio_variance(clicks[sim, 0], impressions), ratio_variance(clicks[sim, 1], impressions)
+        difference = (clicks[sim, 1].sum() - clicks[sim, 0].sum()) / (users * per_user)
+        user_level.append(2 * stats.norm.sf(abs(difference) / np.sqrt(v_a + v_b)))
+    assert (binomial_p <= ALPHA).mean() > 3 * ALPHA
+    assert (np.array(user_level) <= ALPHA).mean() <= ALPHA + 0.02
+    # with one impression per user the two agree
+    single = rng.binomial(1, 0.3, size=1000)
+    assert ratio_variance(single, np.ones(1000)) == pytest.approx(single.mean() * (1 - single.mean()) / 999, rel=1e-9)

@@ -2,10 +2,10 @@
 latency p50/p99, error and degraded rates; the CTR uplift with intervals; the mSPRT over time; SRM on the
 current stage; and the guardrails.
 
-The unit of analysis is the impression (one served ranking with feedback); the assignment unit is the user.
-Impressions of one user are correlated, which the binomial variance ignores: with few requests per user (as
-in the replay, one per test-period interaction) the effect is small, but a heavy-user mix widens the true
-interval. SRM is checked on users, the unit that was randomised."""
+CTR is clicks over impressions (one served ranking with feedback), but the randomised unit is the user, and
+one user's impressions are correlated (a replayed ML-100k user sends dozens). Variances are therefore taken
+over users (delta method for a ratio of sums, `stats.ratio_variance`); a binomial variance per impression
+would call an A/A test of two user samples significant. SRM is checked on users too."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 from longrec.rollout.assignment import CANDIDATE, CONTROL
 from longrec.rollout.state import Experiment
-from longrec.rollout.stats import compare_rates, msprt_lambda, rate_ratio_upper, srm_check
+from longrec.rollout.stats import compare_rates, msprt_lambda_from, rate_ratio_upper, ratio_variance, srm_check
 
 ARMS = (CONTROL, CANDIDATE)
 # Guardrails on latency and errors need this many candidate requests before they can fire.
@@ -52,35 +52,60 @@ def arm_metrics(frame: pd.DataFrame) -> dict:
     }
 
 
-def sequential_curve(frame: pd.DataFrame, mixture_sd: float, max_points: int = 200) -> pd.DataFrame:
-    """The mSPRT after every impression (in time order), thinned to `max_points` rows for plots: columns
-    impressions, ts, control_n, candidate_n, difference, lambda, always_valid_p. The always-valid p is the
-    running minimum over every impression, so thinning never hides a crossing."""
-    shown = frame[(frame["status"] == "ok") & frame["clicked"].notna() & frame["arm"].isin(ARMS)]
-    columns = ["impressions", "ts", "control_n", "candidate_n", "difference", "lambda", "always_valid_p"]
+LOOK_EVERY = 100  # impressions between the looks of the sequential curve (a fixed grid: looks never move)
+
+
+def user_level(shown: pd.DataFrame) -> dict:
+    """{arm: (clicks per user, impressions per user)} of impressions with feedback."""
+    grouped = shown.groupby(["arm", "user_id"])["clicked"].agg(["sum", "count"])
+    return {
+        arm: (grouped.loc[arm, "sum"].to_numpy(float), grouped.loc[arm, "count"].to_numpy(float))
+        for arm in ARMS
+        if arm in grouped.index.get_level_values(0)
+    }
+
+
+def _shown(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[(frame["status"] == "ok") & frame["clicked"].notna() & frame["arm"].isin(ARMS)]
+
+
+def _difference_and_variance(shown: pd.DataFrame) -> tuple[float, float]:
+    users = user_level(shown)
+    if len(users) < 2:
+        return 0.0, float("inf")
+    rates, variances = {}, {}
+    for arm, (clicks, impressions) in users.items():
+        rates[arm] = clicks.sum() / impressions.sum()
+        variances[arm] = ratio_variance(clicks, impressions)
+    return rates[CANDIDATE] - rates[CONTROL], variances[CANDIDATE] + variances[CONTROL]
+
+
+def sequential_curve(frame: pd.DataFrame, mixture_sd: float) -> pd.DataFrame:
+    """The mSPRT at every LOOK_EVERY-th impression (in time order) and at the last one: columns impressions,
+    ts, control_n, candidate_n, difference, variance, lambda, always_valid_p. The variance is over users
+    (`ratio_variance`); the always-valid p is the running minimum over the looks."""
+    shown = _shown(frame)
+    columns = ["impressions", "ts", "control_n", "candidate_n", "difference", "variance", "lambda", "always_valid_p"]
     if shown.empty:
         return pd.DataFrame(columns=columns)
+    looks = np.unique(np.r_[np.arange(LOOK_EVERY, len(shown) + 1, LOOK_EVERY), len(shown)])
     is_candidate = (shown["arm"] == CANDIDATE).to_numpy()
-    clicked = shown["clicked"].to_numpy(float)
-    n_b = np.cumsum(is_candidate)
-    n_a = np.cumsum(~is_candidate)
-    clicks_b = np.cumsum(clicked * is_candidate)
-    clicks_a = np.cumsum(clicked * ~is_candidate)
-    lam = np.where((n_a > 0) & (n_b > 0), msprt_lambda(clicks_a, n_a, clicks_b, n_b, mixture_sd), 1.0)
-    p = np.minimum.accumulate(np.minimum(1.0, 1.0 / lam))
-    difference = np.where(
-        (n_a > 0) & (n_b > 0), clicks_b / np.maximum(n_b, 1) - clicks_a / np.maximum(n_a, 1), 0.0
-    )
-    keep = np.unique(np.r_[np.linspace(0, len(shown) - 1, min(max_points, len(shown))).astype(int)])
+    rows = []
+    for look in looks:
+        difference, variance = _difference_and_variance(shown.iloc[:look])
+        rows.append((difference, variance))
+    difference, variance = np.array(rows).T
+    lam = msprt_lambda_from(difference, variance, mixture_sd)
     return pd.DataFrame(
         {
-            "impressions": keep + 1,
-            "ts": shown["ts"].to_numpy(float)[keep],
-            "control_n": n_a[keep],
-            "candidate_n": n_b[keep],
-            "difference": difference[keep],
-            "lambda": lam[keep],
-            "always_valid_p": p[keep],
+            "impressions": looks,
+            "ts": shown["ts"].to_numpy(float)[looks - 1],
+            "control_n": np.cumsum(~is_candidate)[looks - 1],
+            "candidate_n": np.cumsum(is_candidate)[looks - 1],
+            "difference": difference,
+            "variance": variance,
+            "lambda": lam,
+            "always_valid_p": np.minimum.accumulate(np.minimum(1.0, 1.0 / lam)),
         }
     )[columns]
 
@@ -125,12 +150,13 @@ def analyse(experiment: Experiment, requests: pd.DataFrame) -> Analysis:
     stage_arms = {arm: arm_metrics(stage[stage["arm"] == arm]) for arm in ARMS}
     a, b = arms[CONTROL], arms[CANDIDATE]
     comparison = None
+    variances = _arm_variances(requests)
     if a["impressions"] and b["impressions"]:
         curve = sequential_curve(requests, experiment.test.mixture_sd)
         comparison = compare_rates(
             a["clicks"], a["impressions"], b["clicks"], b["impressions"],
             alpha=experiment.test.alpha, mixture_sd=experiment.test.mixture_sd,
-            previous_p=float(curve["always_valid_p"].iloc[-1]),
+            previous_p=float(curve["always_valid_p"].iloc[-1]), variances=variances,
         ).to_dict()  # fmt: skip
     else:
         curve = sequential_curve(requests.iloc[0:0], experiment.test.mixture_sd)
@@ -145,13 +171,19 @@ def analyse(experiment: Experiment, requests: pd.DataFrame) -> Analysis:
         stage_arms=stage_arms,
         comparison=comparison,
         srm=srm,
-        guardrails=check_guardrails(experiment, arms),
+        guardrails=check_guardrails(experiment, arms, variances),
         curve=curve,
         unassigned_errors=int(((~requests["arm"].isin(ARMS)) & (requests["status"] != "ok")).sum()),
     )
 
 
-def check_guardrails(experiment: Experiment, arms: dict) -> list[dict]:
+def _arm_variances(requests: pd.DataFrame) -> tuple[float, float]:
+    """User-level variances of the CTR of (control, candidate); inf for an arm with fewer than 2 users."""
+    users = user_level(_shown(requests)) if len(requests) else {}
+    return tuple(ratio_variance(*users[arm]) if arm in users else float("inf") for arm in ARMS)
+
+
+def check_guardrails(experiment: Experiment, arms: dict, variances: tuple[float, float] | None = None) -> list[dict]:
     """Each guardrail with its value and whether the candidate breaks it (only once there is enough data)."""
     limits = experiment.guardrails
     a, b = arms[CONTROL], arms[CANDIDATE]
@@ -174,7 +206,7 @@ def check_guardrails(experiment: Experiment, arms: dict) -> list[dict]:
     breached = False
     if a["impressions"] and b["impressions"] and a["clicks"]:
         ratio = b["ctr"] / a["ctr"]
-        upper = rate_ratio_upper(a["clicks"], a["impressions"], b["clicks"], b["impressions"])
+        upper = rate_ratio_upper(a["clicks"], a["impressions"], b["clicks"], b["impressions"], variances=variances)
         # Both the estimate and its upper 95 % bound under the limit: a clear loss, not noise.
         breached = bool(
             b["impressions"] >= experiment.test.min_impressions_per_arm and upper < limits.min_ctr_ratio

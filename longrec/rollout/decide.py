@@ -58,10 +58,11 @@ class Decision:
         return self.__dict__.copy()
 
 
-def decide(experiment: Experiment, analysis: Analysis) -> Decision:
+def decide(experiment: Experiment, analysis: Analysis, drift: dict | None = None) -> Decision:
     """The decision rule, in order: SRM blocks everything; a broken guardrail or a significantly worse
-    candidate rolls back; too little data in the stage holds; otherwise ramp along the schedule, and at the
-    last stage before 100 % promote once the always-valid test says the candidate is better."""
+    candidate rolls back; a drift alert on the served inputs or too little data in the stage holds;
+    otherwise ramp along the schedule, and at the last stage before 100 % promote once the always-valid
+    test says the candidate is better."""
     current = experiment.traffic
     if analysis.srm["fired"]:
         srm = analysis.srm
@@ -83,6 +84,10 @@ def decide(experiment: Experiment, analysis: Analysis) -> Decision:
             f"(always-valid p={comparison['always_valid_p']:.3g})",
             0.0,
         )
+    if drift and drift.get("alert"):
+        drifted = ", ".join(name for name, column in drift["columns"].items() if column["drifted"])
+        # Broken inputs reach both arms: no evidence for either model, so no more exposure either.
+        return Decision(HOLD, f"drift alert on served inputs ({drifted}): holding until the features are fixed", current)
     minimum = experiment.test.min_impressions_per_arm
     stage = analysis.stage_arms
     short = [arm for arm in (CONTROL, CANDIDATE) if stage[arm]["impressions"] < minimum]
@@ -196,14 +201,22 @@ class Rollout:
         )  # fmt: skip
         return experiment
 
-    def step(self, *, artifacts: dict | None = None, analysis: Analysis | None = None) -> tuple[Decision, Analysis]:
-        """Analyse the log, decide, and carry the decision out; the audit row holds the analysis."""
+    def step(
+        self, *, analysis: Analysis | None = None, drift: dict | None = None, artifacts: dict | None = None
+    ) -> tuple[Decision, Analysis]:
+        """Analyse the log (unless given), decide, and carry the decision out; the audit row holds the
+        analysis, the drift summary and the paths of the step's reports."""
         experiment = self.require_active()
         if experiment.status == PROMOTING:
             raise RolloutError(f"experiment {experiment.id} is being promoted; run any command to recover it")
         analysis = analysis or self.analyse(experiment)
-        decision = decide(experiment, analysis)
-        inputs = {"analysis": _summary(analysis), "decision": decision.to_dict(), "artifacts": artifacts or {}}
+        decision = decide(experiment, analysis, drift)
+        inputs = {
+            "analysis": _summary(analysis),
+            "drift": drift,
+            "decision": decision.to_dict(),
+            "artifacts": artifacts or {},
+        }
         if decision.action == HOLD:
             self.store.note(experiment, action="hold", actor=self.actor, reason=decision.reason, inputs=inputs)
         elif decision.action == RAMP:

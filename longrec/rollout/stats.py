@@ -17,6 +17,31 @@ def _variance(clicks_a, n_a, clicks_b, n_b):
     return p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b, p_a, p_b
 
 
+def ratio_variance(clicks, impressions) -> float:
+    """Variance of CTR = sum(clicks) / sum(impressions) over units (users) that each contribute several
+    impressions (delta method): Var = sum((c_i - CTR n_i)^2) / (m (m - 1) mean(n)^2), m units. Impressions
+    of one user are correlated; treating them as independent Bernoulli draws understates the variance."""
+    clicks, impressions = np.asarray(clicks, float), np.asarray(impressions, float)
+    m = len(impressions)
+    if m < 2 or impressions.sum() == 0:
+        return float("inf")
+    rate = clicks.sum() / impressions.sum()
+    residual = clicks - rate * impressions
+    return float((residual**2).sum() / (m * (m - 1)) / impressions.mean() ** 2)
+
+
+def msprt_lambda_from(difference, variance, mixture_sd: float):
+    """The mixture likelihood ratio from an estimated difference and its variance (see `msprt_lambda`)."""
+    difference, variance = np.asarray(difference, float), np.asarray(variance, float)
+    tau2 = mixture_sd**2
+    degenerate = ~np.isfinite(variance) | (variance <= 0)
+    variance = np.where(degenerate, 1.0, variance)
+    log_lambda = 0.5 * np.log(variance / (variance + tau2)) + difference**2 * tau2 / (
+        2 * variance * (variance + tau2)
+    )
+    return np.where(degenerate, 1.0, np.exp(np.minimum(log_lambda, 700)))
+
+
 def msprt_lambda(clicks_a, n_a, clicks_b, n_b, mixture_sd: float):
     """Mixture likelihood ratio of H1: p_b != p_a against H0: p_b = p_a, with a N(0, tau^2) mixture over the
     difference (Johari et al., "Peeking at A/B tests", KDD 2017, normal approximation):
@@ -26,12 +51,7 @@ def msprt_lambda(clicks_a, n_a, clicks_b, n_b, mixture_sd: float):
     with theta the observed difference and V its variance. Rejecting the first time Lambda >= 1/alpha keeps
     the false-positive rate at most alpha however often one looks."""
     variance, p_a, p_b = _variance(np.asarray(clicks_a, float), n_a, np.asarray(clicks_b, float), n_b)
-    tau2 = mixture_sd**2
-    degenerate = variance <= 0
-    variance = np.where(degenerate, 1.0, variance)
-    theta = p_b - p_a
-    log_lambda = 0.5 * np.log(variance / (variance + tau2)) + theta**2 * tau2 / (2 * variance * (variance + tau2))
-    return np.where(degenerate, 1.0, np.exp(np.minimum(log_lambda, 700)))
+    return msprt_lambda_from(p_b - p_a, variance, mixture_sd)
 
 
 def always_valid_p(lambdas) -> np.ndarray:
@@ -43,8 +63,11 @@ def confidence_sequence_halfwidth(variance, mixture_sd: float, alpha: float):
     """Half-width of the always-valid (1 - alpha) interval for the difference: the thetas0 the mSPRT of
     H0: difference = theta0 does not reject at this look."""
     tau2 = mixture_sd**2
-    variance = np.maximum(variance, 1e-12)
-    return np.sqrt(variance * (variance + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((variance + tau2) / variance)))
+    variance = np.asarray(variance, float)
+    finite = np.isfinite(variance)
+    variance = np.where(finite, np.maximum(variance, 1e-12), 1.0)
+    half = np.sqrt(variance * (variance + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((variance + tau2) / variance)))
+    return np.where(finite, half, np.inf)
 
 
 def z_test_p(clicks_a, n_a, clicks_b, n_b):
@@ -108,22 +131,26 @@ class Comparison:
 
 
 def compare_rates(
-    clicks_a: int, n_a: int, clicks_b: int, n_b: int, *, alpha: float, mixture_sd: float, previous_p: float = 1.0
+    clicks_a: int, n_a: int, clicks_b: int, n_b: int, *, alpha: float, mixture_sd: float, previous_p: float = 1.0,
+    variances: tuple[float, float] | None = None,
 ) -> Comparison:
     """Compare candidate (b) to control (a). `previous_p` is the always-valid p of earlier looks (it only
-    falls)."""
+    falls). `variances` of the two rates replace the binomial ones (e.g. `ratio_variance` over users)."""
     variance, p_a, p_b = _variance(float(clicks_a), n_a, float(clicks_b), n_b)
     variance, p_a, p_b = float(variance), float(p_a), float(p_b)
+    var_a, var_b = variances if variances is not None else (p_a * (1 - p_a) / max(n_a, 1), p_b * (1 - p_b) / max(n_b, 1))
+    if variances is not None:
+        variance = var_a + var_b
     difference = p_b - p_a
     half = 1.959964 * np.sqrt(variance)
     av_half = float(confidence_sequence_halfwidth(variance, mixture_sd, alpha))
-    lam = float(msprt_lambda(clicks_a, n_a, clicks_b, n_b, mixture_sd))
+    lam = float(msprt_lambda_from(difference, variance, mixture_sd))
     p_value = min(previous_p, 1.0, 1.0 / lam)
     relative = relative_low = relative_high = None
     if p_a > 0:
         relative = difference / p_a
         # delta method for p_b / p_a - 1
-        rel_se = np.sqrt(p_b * (1 - p_b) / max(n_b, 1) / p_a**2 + p_b**2 * p_a * (1 - p_a) / max(n_a, 1) / p_a**4)
+        rel_se = np.sqrt(var_b / p_a**2 + p_b**2 * var_a / p_a**4)
         relative_low, relative_high = relative - 1.959964 * rel_se, relative + 1.959964 * rel_se
     return Comparison(
         control_rate=p_a,
@@ -142,12 +169,19 @@ def compare_rates(
     )
 
 
-def rate_ratio_upper(clicks_a: int, n_a: int, clicks_b: int, n_b: int, z: float = 1.959964) -> float:
-    """Upper bound of the 95 % interval of p_b / p_a (log-ratio delta method); inf when undefined."""
+def rate_ratio_upper(
+    clicks_a: int, n_a: int, clicks_b: int, n_b: int, z: float = 1.959964,
+    variances: tuple[float, float] | None = None,
+) -> float:
+    """Upper bound of the 95 % interval of p_b / p_a (log-ratio delta method); inf when undefined.
+    `variances` of the two rates replace the binomial ones."""
     if clicks_a == 0 or n_a == 0 or n_b == 0:
         return float("inf")
     if clicks_b == 0:
         return 0.0
     p_a, p_b = clicks_a / n_a, clicks_b / n_b
-    se = np.sqrt((1 - p_a) / (n_a * p_a) + (1 - p_b) / (n_b * p_b))
+    var_a, var_b = variances if variances is not None else (p_a * (1 - p_a) / n_a, p_b * (1 - p_b) / n_b)
+    if not (np.isfinite(var_a) and np.isfinite(var_b)):
+        return float("inf")
+    se = np.sqrt(var_a / p_a**2 + var_b / p_b**2)
     return float(np.exp(np.log(p_b / p_a) + z * se))

@@ -1,0 +1,97 @@
+"""A tiny stand-in for the ranking service, for the rollout tests only: it implements the HTTP contract of
+longrec.rollout.replay (POST /rank) and the ranker's side of the rollout exactly as the real service must
+(Assigner for the arm, RequestLogger for every request), but scores with two fixed functions instead of
+models: "popularity" (training-period item counts: a real, weak recommender) and "random". The real
+service is the BentoML ranker in serving/ and longrec/serving/."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from longrec.rollout.assignment import Assigner
+from longrec.rollout.requestlog import RequestLogger
+
+
+class StubRanker:
+    """Scores candidates with the scorer named for the arm's model tag; logs like the real ranker."""
+
+    def __init__(self, dataset, *, dataset_key, state_dir, log_path, production_tag, scorers: dict,
+                 max_history_length=50, truncate_history: int | None = None, seed=0):  # fmt: skip
+        events = dataset.events.sort_values(["user_id", "timestamp"], kind="stable")
+        self.user_times = {u: g.to_numpy() for u, g in events.groupby("user_id")["timestamp"]}
+        cutoff = np.quantile(events["timestamp"], 0.8)
+        self.popularity = np.bincount(events.loc[events["timestamp"] < cutoff, "item_id"], minlength=dataset.n_items)
+        self.assigner = Assigner(dataset_key, state_dir, refresh_s=0)
+        self.log = RequestLogger(log_path)
+        self.production_tag = production_tag
+        self.scorers = scorers  # model tag -> "popularity" | "random"
+        self.max_history_length = max_history_length
+        self.truncate_history = truncate_history  # serve at most this many history items (a feature bug)
+        self.rng = np.random.default_rng(seed)
+        self.lock = threading.Lock()
+
+    def rank(self, body: dict) -> dict:
+        started = time.perf_counter()
+        assignment = self.assigner.assign(body["user_id"])
+        tag = assignment.model_tag or self.production_tag
+        candidates = np.asarray(body["candidate_items"], dtype=np.int64)
+        times = self.user_times.get(int(body["user_id"]), np.array([], dtype=np.int64))
+        seen = int(np.searchsorted(times, body.get("as_of", np.inf), side="left"))
+        history_length = min(seen, self.max_history_length, self.truncate_history or self.max_history_length)
+        recency = float(body["as_of"] - times[seen - 1]) if seen and "as_of" in body else None
+        with self.lock:
+            if self.scorers[tag] == "popularity":
+                scores = np.log1p(self.popularity[candidates]) + 1e-3 * self.rng.random(len(candidates))
+            else:
+                scores = self.rng.random(len(candidates))
+        order = np.argsort(-scores)[: body["top_k"]]
+        response = {
+            "items": candidates[order].tolist(), "scores": scores[order].tolist(), "arm": assignment.arm,
+            "model_tag": tag, "flags": {"degraded": False}, "experiment_id": assignment.experiment_id,
+            "history_length": history_length, "recency_s": recency,
+        }  # fmt: skip
+        self.log.log(
+            request_id=body.get("request_id") or str(time.time_ns()), user_id=body["user_id"], arm=assignment.arm,
+            model_tag=tag, items=response["items"], scores=response["scores"],
+            latency_ms=(time.perf_counter() - started) * 1000, experiment_id=assignment.experiment_id,
+            flags=response["flags"], history_length=history_length, recency_s=recency,
+        )  # fmt: skip
+        return response
+
+
+def serve(ranker: StubRanker) -> tuple[ThreadingHTTPServer, str]:
+    """Serve POST /rank on a free local port in a daemon thread; returns the server and its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            # headers and body go out as two writes: without this, Nagle + delayed ACK add 40 ms to each
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path != "/rank":
+                self.send_response(404)
+                payload = b"{}"
+            else:
+                payload = json.dumps(ranker.rank(body)).encode()
+                self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
