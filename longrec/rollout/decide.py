@@ -31,6 +31,8 @@ from longrec.rollout.state import (
     RolloutError,
     StatsConfig,
     default_actor,
+    default_rollout_dir,
+    validate_schedule,
     validate_traffic,
 )
 
@@ -123,10 +125,21 @@ class Rollout:
         from longrec.rollout.requestlog import default_request_log_path
 
         self.dataset = dataset
-        self.store = ExperimentStore(state_dir)
-        self.request_log = Path(request_log) if request_log else self.store.root / default_request_log_path().name
+        self.state_dir = Path(state_dir) if state_dir else default_rollout_dir()
+        self.request_log = Path(request_log) if request_log else self.state_dir / default_request_log_path().name
+        self._store: ExperimentStore | None = None  # opened (and created) on first use
         self._registry = registry
         self.actor = actor or default_actor()
+
+    @property
+    def store(self) -> ExperimentStore:
+        if self._store is None:
+            self._store = ExperimentStore(self.state_dir)
+        return self._store
+
+    def _has_state(self) -> bool:
+        # Reads never create the database: a refused command leaves no trace.
+        return self._store is not None or (self.state_dir / "rollout.db").is_file()
 
     @property
     def registry(self):
@@ -137,15 +150,18 @@ class Rollout:
         return self._registry
 
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     # ------------------------------------------------------------------------------------------ reads
     def current(self) -> Experiment | None:
         """The active experiment, else the latest one."""
+        if not self._has_state():
+            return None
         return self.store.active(self.dataset) or self.store.latest(self.dataset)
 
     def require_active(self) -> Experiment:
-        experiment = self.store.active(self.dataset)
+        experiment = self.store.active(self.dataset) if self._has_state() else None
         if experiment is None:
             raise RolloutError(f"no running experiment on {self.dataset}: start one with `longrec rollout start`")
         return experiment
@@ -171,12 +187,9 @@ class Rollout:
         """Start an A/B of `candidate` against production (or `control`). Checks everything first."""
         from longrec.registry.store import RegistryError
 
-        validate_traffic(traffic)
-        if self.store.active(self.dataset) is not None:
-            raise RolloutError(
-                f"experiment {self.store.active(self.dataset).id} is already running on {self.dataset}; "
-                "promote or roll it back first"
-            )
+        if validate_traffic(traffic) >= 100:
+            raise RolloutError("an experiment cannot start at 100 %: that is a promotion")
+        validate_schedule(schedule)
         try:
             self.registry.model_path(candidate)
             if control is not None:
@@ -193,6 +206,11 @@ class Rollout:
             logger.warning("control %s is not production (%s)", control, production)
         if candidate == control:
             raise RolloutError(f"candidate {candidate} is the control model already")
+        active = self.store.active(self.dataset) if self._has_state() else None
+        if active is not None:
+            raise RolloutError(
+                f"experiment {active.id} is already running on {self.dataset}; promote or roll it back first"
+            )
         experiment = self.store.create(
             dataset=self.dataset, control_tag=control, candidate_tag=candidate, traffic=traffic,
             schedule=schedule, guardrails=guardrails, test=test, salt=salt, actor=self.actor,
@@ -296,6 +314,8 @@ class Rollout:
     def recover(self) -> list[Experiment]:
         """Complete or undo any promotion a dead process left half done (every dataset). Idempotent."""
         recovered = []
+        if not self._has_state():
+            return recovered
         for experiment in self.store.in_status(PROMOTING):
             logger.warning("recovering the promotion of experiment %d", experiment.id)
             try:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def experiment_dir(rollout: Rollout, experiment: Experiment) -> Path:
-    return rollout.store.root / "reports" / f"experiment-{experiment.id}"
+    return rollout.state_dir / "reports" / f"experiment-{experiment.id}"
 
 
 def load_reference(
