@@ -27,9 +27,6 @@ def _mount_experiments() -> None:
     from longrec.rollout.cli import rollout_app
 
     app.add_typer(rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report.")
-    from longrec.rollout.cli import rollout_app
-
-    app.add_typer(rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report.")
     from longrec.registry.cli import registry_app
 
     app.add_typer(registry_app, name="registry")
