@@ -142,3 +142,50 @@ def test_serving_image_is_documented_as_the_manifests_run_it():
         "newName: ghcr.io/longrec/longrec-ranker"
         in (ROOT / "infra" / "k8s" / "base" / "kustomization.yaml").read_text()
     )
+
+
+# --- docs/operator-guide.md names only commands, options and parameters that exist ----------------------
+
+GUIDE = ROOT / "docs" / "operator-guide.md"
+
+
+def guide_invocations() -> list[str]:
+    """Every `longrec ...` invocation in the guide: code spans, and lines of code blocks (joined at \\)."""
+    text = GUIDE.read_text()
+    blocks = re.findall(r"```(?:bash)?\n(.*?)```", text, flags=re.S)
+    lines = [line.split(" # ")[0] for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    # A command starts a line or span, or follows `kubectl exec ... --`.
+    pattern = r"(?:^|(?<=-- ))longrec [a-z][\w-]*[^|#]*"
+    return [m.strip() for chunk in lines + spans for m in re.findall(pattern, chunk.strip())]
+
+
+def test_guide_commands_and_options_exist():
+    import typer
+
+    from longrec.cli import app
+
+    root = typer.main.get_command(app)
+    seen = 0
+    for invocation in guide_invocations():
+        words = invocation.split()[1:]
+        command, used = root, []
+        while hasattr(command, "commands") and words and words[0] in command.commands:
+            command = command.commands[words.pop(0)]
+            used.append(command.name)
+        assert used, f"unknown command in the guide: {invocation!r}"
+        if hasattr(command, "commands"):
+            continue
+        options = {opt for param in command.params for opt in param.opts}
+        for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", " ".join(words)):
+            assert flag in options, f"{invocation!r}: {' '.join(used)} has no option {flag}"
+        seen += 1
+    assert seen >= 20
+
+
+def test_guide_explains_every_pipeline_parameter():
+    from longrec.pipeline.params import PipelineParams
+
+    table = GUIDE.read_text().split("| parameter | default |", 1)[1].split("\n\n", 1)[0]
+    for name in PipelineParams.model_fields:
+        assert f"`{name}`" in table, name
