@@ -141,6 +141,12 @@ class Analysis:
             "curve": self.curve.to_dict(orient="list"),
         }
 
+    @classmethod
+    def from_dict(cls, payload: dict) -> Analysis:
+        """Inverse of `to_dict` (after a JSON round trip)."""
+        fields = {k: v for k, v in payload.items() if k != "curve"}
+        return cls(**fields, curve=pd.DataFrame(payload["curve"]))
+
 
 def analyse(experiment: Experiment, requests: pd.DataFrame) -> Analysis:
     """Analyse the logged requests of one experiment (rows of `read_requests(..., experiment.id)`)."""

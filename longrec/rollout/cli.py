@@ -5,7 +5,6 @@ exits 2 and changes nothing."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -228,5 +227,27 @@ def report(
     typer.echo(f"report: {path}")
 
 
-def _quiet_logging() -> None:
-    logging.getLogger("evidently").setLevel(logging.WARNING)
+@rollout_app.command("pipeline")
+def pipeline_(
+    output: Path = typer.Option(Path("rollout-pipeline"), "--output", help="Folder for the two YAML files."),
+    cron: str = typer.Option("0 */30 * * * *", help="Six-field cron schedule of the recurring run."),
+    dataset: str = DatasetOpt,
+    state_dir: str = typer.Option("", "--state-dir", help="Rollout state folder inside the cluster."),
+    registry_dir: str = typer.Option("", "--registry", help="Registry root inside the cluster."),
+    ranker_url: str = typer.Option("", help="Ranker base URL, for replayed traffic."),
+    replay_requests: int = typer.Option(0, help="Requests replayed per scheduled run (0 = live traffic)."),
+) -> None:
+    """Compile the rollout pipeline (collect -> analyse -> decide) and its recurring-run spec."""
+    from pipelines.rollout_pipeline import compile_rollout_pipeline
+
+    if replay_requests < 0:
+        _fail("--replay-requests must be at least 0")
+    arguments = {
+        "dataset": dataset, "state_dir": state_dir, "registry_dir": registry_dir, "ranker_url": ranker_url,
+        "replay_requests": replay_requests,
+    }  # fmt: skip
+    try:
+        pipeline_path, recurring_path = compile_rollout_pipeline(output, cron=cron, arguments=arguments)
+    except ValueError as error:
+        _fail(str(error))
+    typer.echo(f"pipeline: {pipeline_path}\nrecurring run ({cron}): {recurring_path}")

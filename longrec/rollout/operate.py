@@ -152,3 +152,92 @@ def replayed_ab(
     final = rollout.store.get(experiment.id)
     run.final_status, run.final_traffic = final.status, final.traffic
     return run
+
+
+# --------------------------------------------------------------------- the KFP rollout pipeline's three steps
+def collect(
+    rollout: Rollout,
+    out_path: str | Path,
+    *,
+    base_url: str = "",
+    replay_count: int = 0,
+    dataset_source: str | None = None,
+    top_k: int = 10,
+    seed: int = 0,
+) -> int:
+    """Optionally replay `replay_count` requests against `base_url` (traffic when there are no live users),
+    then export the active experiment's request log as parquet. Returns the number of rows exported."""
+    from longrec.data.datasets import load_dataset
+    from longrec.rollout.replay import replay, replay_requests
+
+    experiment = rollout.require_active()
+    if replay_count > 0:
+        if not base_url:
+            raise ValueError("replay_count > 0 needs the ranker's base_url")
+        source = load_dataset(dataset_source or experiment.dataset.split("@")[0])
+        requests = replay_requests(source, seed=seed)
+        # each scheduled run continues where the requests logged so far leave off
+        offset = len(read_requests(rollout.request_log, experiment.id))
+        batch = [requests[(offset + i) % len(requests)] for i in range(replay_count)]
+        log = RequestLogger(rollout.request_log)
+        try:
+            replay(base_url, batch, log, top_k=top_k, experiment_id=experiment.id, seed=seed + offset, progress=False)
+        finally:
+            log.close()
+    frame = read_requests(rollout.request_log, experiment.id)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    frame.assign(**{c: frame[c].map(json.dumps) for c in ("items", "scores", "flags")}).to_parquet(out_path)
+    return len(frame)
+
+
+def read_collected(path: str | Path) -> pd.DataFrame:
+    """A request log exported by `collect`."""
+    frame = pd.read_parquet(path)
+    for column in ("items", "scores", "flags"):
+        frame[column] = frame[column].map(json.loads)
+    return frame
+
+
+def analyse_collected(
+    rollout: Rollout, requests_path: str | Path, out_dir: str | Path, *, dataset_source: str | None = None,
+    drift: bool = True,
+) -> dict:  # fmt: skip
+    """Analysis and drift reports of an exported log, written to `out_dir` (analysis.json, drift.*,
+    quality.*); returns {"analysis": ..., "drift": ...} as written to `out_dir/step_inputs.json`."""
+    from longrec.rollout.analysis import analyse
+    from longrec.rollout.drift import drift_reports
+
+    experiment = rollout.require_active()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    requests = read_collected(requests_path)
+    analysis = analyse(experiment, requests)
+    summary = None
+    reference = load_reference(rollout, experiment, dataset_source) if drift else None
+    if reference is not None:
+        stage = requests[requests["ts"] >= experiment.stage_started_at]
+        summary = drift_reports(stage, reference[0], out_dir, popularity=reference[1]).to_dict()
+    payload = {"analysis": analysis.to_dict(), "drift": summary, "updated_at": experiment.updated_at}
+    (out_dir / "step_inputs.json").write_text(json.dumps(payload, indent=2, default=float))
+    return payload
+
+
+def decide_collected(rollout: Rollout, step_inputs_path: str | Path) -> Decision:
+    """Decide and act on an analysis made by `analyse_collected`; refuses a stale one (the experiment
+    changed since it was analysed)."""
+    from longrec.rollout.analysis import Analysis
+    from longrec.rollout.state import RolloutError
+
+    payload = json.loads(Path(step_inputs_path).read_text())
+    experiment = rollout.require_active()
+    if payload["analysis"]["experiment_id"] != experiment.id or payload["updated_at"] != experiment.updated_at:
+        raise RolloutError(
+            f"the analysis is of experiment {payload['analysis']['experiment_id']} as it was before its last "
+            "change; collect and analyse again"
+        )
+    analysis = Analysis.from_dict(payload["analysis"])
+    drift = payload["drift"]
+    artifacts = {k: drift[k] for k in ("html", "json", "quality_html", "quality_json") if drift and drift.get(k)}
+    decision, _ = rollout.step(analysis=analysis, drift=drift, artifacts=artifacts)
+    return decision
