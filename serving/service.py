@@ -12,10 +12,11 @@ nothing heavy: models, shards and the feature store load in each service's ``__i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
-import anyio.from_thread
+import anyio.to_thread
 import bentoml
 import numpy as np
 
@@ -99,7 +100,7 @@ class Ranker:
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
             logger.error(self.error)
 
-    @property
+    @functools.cached_property
     def dependencies_are_remote(self) -> bool:
         """Served by `bentoml serve` (shards behind remote proxies), not instantiated in process."""
         from _bentoml_impl.client import RemoteProxy
@@ -116,15 +117,21 @@ class Ranker:
         return True
 
     @bentoml.api(route="/rank", input_spec=RankRequest, output_spec=RankResponse)
-    def rank(self, **fields) -> RankResponse:
+    async def rank(self, **fields) -> RankResponse:
         """Rank ``candidate_items`` for ``user_id`` (best first), with the model tag and flags."""
-        from longrec.serving.ranker import RankingError
-
         if self.ranker is None:
             raise bentoml.exceptions.ServiceUnavailable(self.error or "not loaded")
-        if self.loop is None and self.dependencies_are_remote:
-            self.loop = anyio.from_thread.run_sync(asyncio.get_running_loop)
         request = RankRequest.model_validate({k: v for k, v in fields.items() if v is not None})
+        if self.dependencies_are_remote:
+            # LMN served: the memory blocks on shard calls that run on this loop, so score in a thread.
+            self.loop = asyncio.get_running_loop()
+            return await anyio.to_thread.run_sync(self._rank, request)
+        # One worker and one torch thread: scoring on the loop saves a thread hand-off per request.
+        return self._rank(request)
+
+    def _rank(self, request: RankRequest) -> RankResponse:
+        from longrec.serving.ranker import RankingError
+
         try:
             return self.ranker.rank(request)
         except RankingError as error:
@@ -133,7 +140,6 @@ class Ranker:
         except Exception:
             serving_metrics()["errors"].labels(kind="internal").inc()
             raise
-
 
 def _gather_client(shard, owner: Ranker):
     """A callable slots -> rows over a shard dependency. Served, the dependency is a remote proxy whose

@@ -4,6 +4,7 @@ service classes instantiated and called without a server."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import shutil
 import socket
@@ -262,7 +263,7 @@ def test_service_classes_in_process(world, monkeypatch, tmp_path: Path) -> None:
     assert set(service.Ranker.dependencies) == {"memory_shard_0", "memory_shard_1"}
     ranker = service.Ranker()  # its shard dependencies are instantiated in process too
     assert ranker.__is_ready__()
-    response = ranker.rank(user_id=3, candidate_items=[5, 17, 3], timestamp=NOW)
+    response = asyncio.run(ranker.rank(user_id=3, candidate_items=[5, 17, 3], timestamp=NOW))
     expected = offline_logits(world, "lmn", 3, [5, 17, 3])
     np.testing.assert_allclose(sorted(i.logit for i in response.items), sorted(expected), atol=1e-5)
     shard = service.Ranker.dependencies["memory_shard_1"].on()

@@ -1,0 +1,228 @@
+"""Serving latency and throughput of the ranker over HTTP on loopback, beside the bare in-process forward.
+
+For each model (DIN, IMN, RecBLR, LMN with 1,048,576 slots in 2 shard services) and each history length
+L, a synthetic world is served by `bentoml serve` (one worker per service, one torch thread): histories in
+a Feast SQLite online store, random weights (serving cost does not depend on the weights; parity to the
+offline forward is tested in tests/test_serving*.py). A bounded async httpx loop sends /rank requests with
+100 candidates: at concurrency 1 for p50/p99 latency, then at concurrency 4 for throughput. Beside it, the
+same request in process: the eager ``forward`` of 100 rows (what offline evaluation runs) and the split
+``encode_user`` + ``score_candidates`` the service runs (LMN reading in-memory shards). The overhead ratio
+is served p50 / split p50: HTTP, Feast read, JSON and (LMN) the shard calls.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py --json benchmarks/results/serving.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+MODELS = ("din", "imn", "recblr", "lmn")
+LMN_PAPER_SCALE = {"memory_slots": 1_048_576}
+N_ITEMS = 20_000
+N_USERS = 200
+N_CANDIDATES = 100
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def make_world(root: Path, length: int, users_with_history: int) -> tuple:
+    from longrec.features.store import create_feature_repo, materialize
+    from longrec.serving.demo import demo_frames, demo_spec
+
+    spec = demo_spec(n_users=N_USERS, n_items=N_ITEMS, max_history_length=length)
+    events, items, users = demo_frames(spec, events_per_user=length, users_with_history=users_with_history)
+    store = create_feature_repo(root / f"repo-L{length}", events, items, users, length)
+    materialize(store)
+    return spec, root / f"repo-L{length}"
+
+
+def bare_timings(scorer, spec, user_id: int, repo: Path, repeats: int) -> dict:
+    """Eager forward of 100 rows and the split path, same features, one thread."""
+    from longrec.serving.features import OnlineFeatures, build_batches
+
+    features = OnlineFeatures(repo, spec.n_items)
+    rng = np.random.default_rng(0)
+    candidates = rng.choice(np.arange(1, spec.n_items), N_CANDIDATES, replace=False)
+    user = features.user(user_id)
+    user_batch, candidate_batch = build_batches(spec, user_id, user, candidates, features.genres(candidates))
+    full = {key: value.expand(N_CANDIDATES, *value.shape[1:]) for key, value in user_batch.items()}
+    full.update(candidate_batch)
+    model = scorer.model
+    times = {"forward": [], "split": []}
+    with torch.no_grad():
+        for _ in range(3):
+            model(full), scorer.score(user_batch, candidate_batch)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(full)
+            t1 = time.perf_counter()
+            scorer.score(user_batch, candidate_batch)
+            t2 = time.perf_counter()
+            times["forward"].append(t1 - t0)
+            times["split"].append(t2 - t1)
+    return {f"{k}_p50_ms": 1000 * statistics.median(v) for k, v in times.items()}
+
+
+async def load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    flags = 0
+    deadline = time.perf_counter() + max_seconds
+    counter = iter(range(max_requests))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors, flags
+        for index in counter:
+            if time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            response = await client.post("/rank", json=bodies[index % len(bodies)])
+            latencies.append(time.perf_counter() - t0)
+            if response.status_code != 200:
+                errors += 1
+            elif any(response.json()[f] for f in ("degraded_memory", "feature_fallback")):
+                flags += 1
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "flagged": flags,
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "throughput_rps": len(latencies) / wall,
+    }
+
+
+def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> dict:
+    from longrec.models.registry import build_model
+    from longrec.serving.demo import store_model_dir, write_model_dir
+    from longrec.serving.package import prepare_serving
+    from longrec.serving.process import ServeProcess
+    from longrec.serving.ranker import ModelScorer
+    from longrec.serving.memory import ShardValues
+
+    torch.manual_seed(0)
+    overrides = LMN_PAPER_SCALE if name == "lmn" else {}
+    model_dir = registry.parent / "trained" / f"{name}-L{length}"
+    write_model_dir(build_model(name, spec, overrides), model_dir)
+    tag = store_model_dir(registry, model_dir, f"longrec-bench-{name}-l{length}")
+    config = prepare_serving(registry, tag, 2, repo)
+    config.shard_timeout_s = 5.0  # measure, do not degrade
+    scorer = ModelScorer(model_dir, tag, config.model_files)
+    if scorer.needs_memory:
+        from longrec.registry.store import ModelRegistry
+        from longrec.serving.memory import RemoteShardedMemory, load_memory_index
+
+        shard_dirs = [ModelRegistry(registry).model_path(t) for t in config.shard_tags]
+        clients = [ShardValues(d, i).gather for i, d in enumerate(shard_dirs)]
+        scorer.attach_memory(RemoteShardedMemory(load_memory_index(shard_dirs[0]), clients, timeout_s=30))
+    torch.set_num_threads(1)
+    before = bare_timings(scorer, spec, 1, repo, args.bare_repeats)
+    rng = np.random.default_rng(1)
+    bodies = [
+        {
+            "user_id": int(1 + i % args.users),
+            "candidate_items": rng.choice(np.arange(1, spec.n_items), N_CANDIDATES, replace=False).tolist(),
+        }
+        for i in range(64)
+    ]
+    started = time.perf_counter()
+    with ServeProcess(registry, free_port(), config=config) as server:
+        ready_s = time.perf_counter() - started
+        asyncio.run(load(server.url, bodies, 1, args.warmup, 60))
+        latency = asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds))
+        throughput = asyncio.run(load(server.url, bodies, 4, args.requests, args.seconds))
+    # The machine is shared: the bare figures are taken before and after serving, the lower one kept.
+    after = bare_timings(scorer, spec, 1, repo, args.bare_repeats)
+    bare = {key: min(before[key], after[key]) for key in before}
+    row = {
+        "model": name,
+        "L": length,
+        "candidates": N_CANDIDATES,
+        "memory_slots": overrides.get("memory_slots"),
+        "shards": len(config.shard_tags),
+        "ready_s": round(ready_s, 1),
+        **{k: round(v, 2) for k, v in bare.items()},
+        **{f"served_{k}": round(v, 2) if isinstance(v, float) else v for k, v in latency.items()},
+        "throughput_rps_c4": round(throughput["throughput_rps"], 1),
+        "p99_ms_c4": round(throughput["p99_ms"], 1),
+        "errors": latency["errors"] + throughput["errors"],
+        "flagged": latency["flagged"] + throughput["flagged"],
+    }
+    row["overhead_vs_split"] = round(row["served_p50_ms"] / row["split_p50_ms"], 2)
+    row["served_vs_forward"] = round(row["served_p50_ms"] / row["forward_p50_ms"], 2)
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 1000])
+    parser.add_argument("--users", type=int, default=8, help="users with a full history of L events")
+    parser.add_argument("--requests", type=int, default=200, help="requests per phase (bounded)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="time bound per phase")
+    parser.add_argument("--warmup", type=int, default=60, help="requests before measuring (bounded by 60 s)")
+    parser.add_argument("--bare-repeats", type=int, default=20)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        root = Path(tmp)
+        for length in args.lengths:
+            spec, repo = make_world(root, length, args.users)
+            for name in args.models:
+                row = run_one(name, length, spec, repo, root / "registry", args)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    header = "| model | L | bare forward p50 | split p50 | served p50 | served p99 | overhead (served/split) | req/s (c=4) |"
+    print("\n" + header + "\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        name = r["model"] + (" (1M slots, 2 shards)" if r["shards"] else "")
+        print(f"| {name} | {r['L']} | {r['forward_p50_ms']:.1f} ms | {r['split_p50_ms']:.1f} ms | "
+              f"{r['served_p50_ms']:.1f} ms | {r['served_p99_ms']:.1f} ms | {r['overhead_vs_split']:.2f}x | "
+              f"{r['throughput_rps_c4']:.0f} |")  # fmt: skip
+    if args.json:
+        payload = {
+            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py " + " ".join(argv or []),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "weights": "random (serving cost does not depend on them)",
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
