@@ -1,4 +1,5 @@
-"""Feast feature repo: snapshots, point-in-time histories, materialization, SQLite and Redis online reads."""
+"""Feast feature repo: event log, point-in-time histories (DuckDB offline store), materialization, SQLite
+and Redis online reads."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from longrec.features.store import (
+    EventLog,
+    FeatureConsistencyError,
     create_feature_repo,
     fetch_histories,
     fetch_item_features,
@@ -119,12 +122,49 @@ def test_historical_histories_are_point_in_time_correct(sqlite_store, frames) ->
         out[["age_id", "gender_id", "occupation_id"]].to_numpy(), expected.to_numpy()
     )
 
-    # A shorter L keeps the most recent events; a longer one than was built is refused.
-    short = fetch_histories(sqlite_store, requests.head(5), max_history_length=2)
-    for row in short.itertuples():
-        assert list(row.history_items) == brute_force(events, row.user_id, row.target_timestamp, 2)[0]
-    with pytest.raises(ValueError, match="exceeds"):
-        fetch_histories(sqlite_store, requests.head(2), max_history_length=L + 1)
+    # A shorter L keeps the most recent events; the log holds every event, so a longer L than the
+    # serving snapshots were built with reads back in full too.
+    for length in (2, L + 3):
+        other = fetch_histories(sqlite_store, requests, max_history_length=length)
+        for row in other.itertuples():
+            items, _ = brute_force(events, row.user_id, row.target_timestamp, length)
+            assert list(row.history_items) == items, (length, row)
+
+
+def test_event_log_sorts_rows_back_and_applies_ttl(frames) -> None:
+    """Offline stores return rows in any order; a positive ttl drops events older than target - ttl."""
+    events = frames[0].sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    positions = events.groupby("user_id").cumcount().to_numpy()
+    shuffled = np.random.default_rng(0).permutation(len(events))
+    log = EventLog.from_arrays(
+        events["user_id"].to_numpy()[shuffled],
+        events["timestamp"].to_numpy()[shuffled],
+        events["item_id"].to_numpy()[shuffled],
+        positions[shuffled],
+    )
+    requests = make_requests(frames[0])
+    items, stamps = log.histories(requests["user_id"], requests["target_timestamp"], L)
+    for k, row in enumerate(requests.itertuples()):
+        expected_items, expected_times = brute_force(events, row.user_id, row.target_timestamp, L)
+        n = len(expected_items)
+        assert items[k, :n].tolist() == expected_items and stamps[k, :n].tolist() == expected_times
+        assert not items[k, n:].any() and not stamps[k, n:].any()  # right padding
+
+    ttl = 25
+    expiring = EventLog(log.user_ids, log.user_start, log.timestamps, log.item_ids, ttl_seconds=ttl)
+    _, stamps = expiring.histories(requests["user_id"], requests["target_timestamp"], L)
+    for k, row in enumerate(requests.itertuples()):
+        kept = [
+            t
+            for t in brute_force(events, row.user_id, row.target_timestamp, L)[1]
+            if t >= row.target_timestamp - ttl
+        ]
+        assert stamps[k, : len(kept)].tolist() == kept and not stamps[k, len(kept) :].any()
+
+    scrambled = positions.copy()
+    scrambled[[0, 1]] = scrambled[[1, 0]]
+    with pytest.raises(FeatureConsistencyError, match="disagree"):
+        EventLog.from_arrays(events["user_id"], events["timestamp"], events["item_id"], scrambled)
 
 
 def test_materialized_online_store_holds_latest_sequence(sqlite_store, frames, tmp_path: Path) -> None:
@@ -228,9 +268,10 @@ def test_declarative_repo_defines_each_object_once(monkeypatch: pytest.MonkeyPat
             sys.modules.pop(name, None)
     # parse_repo always adds Feast's own "__dummy" entity (for entity-less views).
     assert sorted(e.name for e in contents.entities if e.name != "__dummy") == ["item", "user"]
-    assert len(contents.data_sources) == 3
+    assert len(contents.data_sources) == 4
     assert sorted(v.name for v in contents.feature_views) == [
         "item_side_features",
+        "user_behavior_events",
         "user_behavior_sequence",
         "user_side_features",
     ]

@@ -1,23 +1,26 @@
-"""Feast objects of longrec: entities, parquet sources, feature views and feature services.
+"""Feast objects of longrec: entities, batch sources, feature views and feature services.
 
-Representation of a user's behaviour sequence (feature view `user_behavior_sequence`):
-one row per (user, distinct event timestamp) holding a *snapshot* of that user's last
-`max_history_length` events whose timestamp is <= the row's `event_timestamp`, oldest first
-(`sequence_items`, `sequence_timestamps`, both Array(Int64)). Events sharing a second are all in
-the same snapshot, so a point-in-time lookup at `t - 1s` returns exactly the events strictly
-before `t` (timestamps are whole seconds): ties with the target event never leak into its
-history. The newest snapshot of each user is what materialization puts in the online store.
+A user's behaviour is held twice, once per access pattern:
 
-The cost is storage: each event is repeated in up to L snapshots (see
-`longrec.features.store.measure_offline_storage`). In exchange, both historical retrieval and online
-serving are a single keyed lookup, with no sequence assembly at request time.
+- `user_behavior_events` (training, offline only): the event log, one row per event
+  (`behavior_item_id`, and `behavior_position`, the event's 0-based rank in the user's log, which orders
+  events sharing a second). Storage is O(events) whatever L is. A history for a target at `t` is the
+  user's last L rows with `event_timestamp < t` (ties with the target's second excluded); any L can be
+  read back, and the view's `ttl` (if positive) drops events older than `t - ttl`.
+- `user_behavior_sequence` (serving): one row per user holding the last L events as of the export
+  (`sequence_items`, `sequence_timestamps`, both Array(Int64), oldest first), which materialization puts
+  in the online store, so an online read is one keyed lookup with no sequence assembly at request time.
+  Its offline rows are serving snapshots, not a history of every second: training never reads them.
+
+The views name their batch sources only through the `source` arguments of `build_feature_views`, so the
+same views run over Spark, BigQuery or any other offline store's sources on a cluster.
 
 Side features are static: one row per user / item with an event timestamp before the first event.
 
-TTL: in Feast 0.67 a ttl of `timedelta(0)` means "never expires" (the file offline store then only
-requires feature timestamp <= entity timestamp; `ttl=None` is stored as 0 in the registry and reads
-back as 0). A user's last known history stays valid however long ago it was written, so the default
-is 0; pass a positive `ttl` to treat older snapshots as missing. Static side features never expire.
+TTL: in Feast 0.67 a ttl of `timedelta(0)` means "never expires" (the offline stores then only require
+feature timestamp <= entity timestamp; `ttl=None` is stored as 0 in the registry and reads back as 0).
+A user's history stays valid however long ago it happened, so the default is 0; a positive `ttl` drops
+history events older than `t - ttl` (and older snapshots online). Static side features never expire.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource
+from feast.data_source import DataSource
 from feast.types import Array, Int64
 from feast.value_type import ValueType
 
@@ -34,6 +38,7 @@ OWNER = "recsys-platform@longrec.dev"
 TEAM_TAGS = {"team": "longrec", "domain": "recommendation"}
 
 SEQUENCE_VIEW = "user_behavior_sequence"
+EVENTS_VIEW = "user_behavior_events"
 ITEM_VIEW = "item_side_features"
 USER_VIEW = "user_side_features"
 TRAINING_SERVICE = "longrec_training"
@@ -41,11 +46,13 @@ SERVING_SERVICE = "longrec_serving"
 
 # Parquet files inside the data directory, one per feature view.
 SEQUENCE_FILE = "user_behavior_sequence.parquet"
+EVENTS_FILE = "user_behavior_events.parquet"
 ITEM_FILE = "item_side_features.parquet"
 USER_FILE = "user_side_features.parquet"
 
 TIMESTAMP_FIELD = "event_timestamp"
 SEQUENCE_FEATURES = ("sequence_items", "sequence_timestamps")
+EVENT_FEATURES = ("behavior_item_id", "behavior_position")
 ITEM_FEATURES = ("genre_id",)
 USER_FEATURES = ("age_id", "gender_id", "occupation_id")
 
@@ -58,9 +65,11 @@ class FeatureDefinitions:
 
     user: Entity
     item: Entity
-    sequence_source: FileSource
-    item_source: FileSource
-    user_source: FileSource
+    events_source: DataSource
+    sequence_source: DataSource
+    item_source: DataSource
+    user_source: DataSource
+    user_behavior_events: FeatureView
     user_behavior_sequence: FeatureView
     item_side_features: FeatureView
     user_side_features: FeatureView
@@ -93,10 +102,11 @@ def build_entities() -> tuple[Entity, Entity]:
     return user, item
 
 
-def build_sources(data_dir: Path | str) -> tuple[FileSource, FileSource, FileSource]:
-    """Parquet sources of the sequence, item and user views; relative dirs resolve against the repo root."""
-    # Feast resolves a relative FileSource path against the repo path, which keeps a repo relocatable.
-    data_dir = Path(data_dir)
+def build_sources(data_dir: Path | str) -> tuple[FileSource, FileSource, FileSource, FileSource]:
+    """Local parquet sources of the events, sequence, item and user views (a cluster passes its own)."""
+    # Absolute: the DuckDB offline store reads a FileSource path as given (relative to the working
+    # directory, not the repo), unlike the file store.
+    data_dir = Path(data_dir).resolve()
 
     def source(name: str, file_name: str, description: str) -> FileSource:
         return FileSource(
@@ -109,6 +119,9 @@ def build_sources(data_dir: Path | str) -> tuple[FileSource, FileSource, FileSou
         )
 
     return (
+        source(
+            f"{EVENTS_VIEW}_source", EVENTS_FILE, "Every event: user, item, time and rank in the user's log."
+        ),
         source(f"{SEQUENCE_VIEW}_source", SEQUENCE_FILE, "Per-user snapshots of the last L events."),
         source(f"{ITEM_VIEW}_source", ITEM_FILE, "Static item attributes."),
         source(f"{USER_VIEW}_source", USER_FILE, "Static user attributes."),
@@ -118,13 +131,34 @@ def build_sources(data_dir: Path | str) -> tuple[FileSource, FileSource, FileSou
 def build_feature_views(
     user: Entity,
     item: Entity,
-    sequence_source: FileSource,
-    item_source: FileSource,
-    user_source: FileSource,
+    events_source: DataSource,
+    sequence_source: DataSource,
+    item_source: DataSource,
+    user_source: DataSource,
     ttl: timedelta | None = None,
-) -> tuple[FeatureView, FeatureView, FeatureView]:
-    """The behaviour-sequence view and the two static side-feature views."""
+) -> tuple[FeatureView, FeatureView, FeatureView, FeatureView]:
+    """The behaviour-event log, the serving sequence snapshot and the two static side-feature views."""
     sequence_ttl = NEVER_EXPIRES if ttl is None else ttl
+    user_behavior_events = FeatureView(
+        name=EVENTS_VIEW,
+        entities=[user],
+        ttl=sequence_ttl,
+        schema=[
+            Field(name="user_id", dtype=Int64),
+            Field(name="behavior_item_id", dtype=Int64, description="Item of the event."),
+            Field(
+                name="behavior_position",
+                dtype=Int64,
+                description="0-based rank of the event in the user's log (orders events of one second).",
+            ),
+        ],
+        source=events_source,
+        # Online, a view keyed by user would hold only the last event: serving reads the snapshot view.
+        online=False,
+        description="The behaviour log, one row per event; histories are read from it point-in-time.",
+        owner=OWNER,
+        tags={**TEAM_TAGS, "representation": "event-log"},
+    )
     user_behavior_sequence = FeatureView(
         name=SEQUENCE_VIEW,
         entities=[user],
@@ -144,9 +178,9 @@ def build_feature_views(
         ],
         source=sequence_source,
         online=True,
-        description="Snapshot of a user's last L events as of each distinct event timestamp.",
+        description="Snapshot of a user's last L events as of the export, for the online store.",
         owner=OWNER,
-        tags={**TEAM_TAGS, "representation": "snapshot-per-distinct-timestamp"},
+        tags={**TEAM_TAGS, "representation": "latest-snapshot-per-user"},
     )
     item_side_features = FeatureView(
         name=ITEM_VIEW,
@@ -178,19 +212,20 @@ def build_feature_views(
         owner=OWNER,
         tags={**TEAM_TAGS, "static": "true"},
     )
-    return user_behavior_sequence, item_side_features, user_side_features
+    return user_behavior_events, user_behavior_sequence, item_side_features, user_side_features
 
 
 def build_feature_services(
+    user_behavior_events: FeatureView,
     user_behavior_sequence: FeatureView,
     item_side_features: FeatureView,
     user_side_features: FeatureView,
 ) -> tuple[FeatureService, FeatureService]:
-    """Training and serving services; same features today, separate so each can evolve and log alone."""
+    """Training reads the event log point-in-time; serving reads the latest snapshot online."""
     views = [user_behavior_sequence, item_side_features, user_side_features]
     training = FeatureService(
         name=TRAINING_SERVICE,
-        features=views,
+        features=[user_behavior_events, item_side_features, user_side_features],
         description="Features joined point-in-time into training samples.",
         owner=OWNER,
         tags=TEAM_TAGS,
@@ -208,12 +243,10 @@ def build_feature_services(
 def build_definitions(data_dir: Path | str, ttl: timedelta | None = None) -> FeatureDefinitions:
     """Build every Feast object once, reading parquet files from `data_dir`."""
     user, item = build_entities()
-    sequence_source, item_source, user_source = build_sources(data_dir)
-    views = build_feature_views(user, item, sequence_source, item_source, user_source, ttl=ttl)
+    sources = build_sources(data_dir)
+    views = build_feature_views(user, item, *sources, ttl=ttl)
     training, serving = build_feature_services(*views)
-    return FeatureDefinitions(
-        user, item, sequence_source, item_source, user_source, *views, training, serving
-    )
+    return FeatureDefinitions(user, item, *sources, *views, training, serving)
 
 
 def feature_definitions(data_dir: Path | str, ttl: timedelta | None = None) -> list:

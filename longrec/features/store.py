@@ -1,14 +1,22 @@
-"""Build, apply and query the longrec Feast repo: parquet snapshots, point-in-time histories, online reads.
+"""Build, apply and query the longrec Feast repo: event log, serving snapshots, histories, online reads.
 
-See `longrec.features.definitions` for the representation: one row per (user, distinct event timestamp)
-holding the last L events up to and including that second. A history for a target at `t` is read at
-`t - 1s`, so it holds exactly the events strictly before `t`.
+See `longrec.features.definitions` for the representation. Training histories come from the event-log
+view: `EventLog.from_store` pulls it once through the offline store (DuckDB locally, Spark or BigQuery on
+a cluster: `pull_all_from_table_or_query`, which every offline store implements), and the point-in-time
+cut is a vectorised binary search per request, the last L events with timestamp strictly before the
+target. Static user features go through `get_historical_features`, one row per user, joined back on keys.
+
+Why not `get_historical_features` on a per-second snapshot view, as before: that stores O(events x L)
+values, and every Feast offline store implements the point-in-time join as a range join on the entity
+key followed by a row_number over each request's earlier rows, O(requests x rows per user). At 1,000
+events per user that join outgrows the training set itself (benchmarks/results/feature_retrieval.md).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -19,10 +27,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from feast import FeatureStore, FileSource
+from feast import FeatureStore
 
+from longrec.data.samples import pad_histories
 from longrec.data.schema import EVENT_COLUMNS, ITEM_FEATURE_COLUMNS, USER_FEATURE_COLUMNS
 from longrec.features.definitions import (
+    EVENT_FEATURES,
+    EVENTS_FILE,
+    EVENTS_VIEW,
     ITEM_FEATURES,
     ITEM_FILE,
     ITEM_VIEW,
@@ -49,10 +61,18 @@ MATERIALIZE_START = datetime(1900, 1, 1, tzinfo=UTC)
 _VALUES_PER_CHUNK = 4_000_000
 _PARQUET_COMPRESSION = "zstd"
 
+_EVENTS_SCHEMA = pa.schema(
+    [
+        ("user_id", pa.int64()),
+        (TIMESTAMP_FIELD, pa.timestamp("us", tz="UTC")),
+        ("behavior_item_id", pa.int64()),
+        ("behavior_position", pa.int64()),
+    ]
+)
 _SEQUENCE_SCHEMA = pa.schema(
     [
         ("user_id", pa.int64()),
-        (TIMESTAMP_FIELD, pa.timestamp("ns", tz="UTC")),
+        (TIMESTAMP_FIELD, pa.timestamp("us", tz="UTC")),
         ("sequence_items", pa.list_(pa.int64())),
         ("sequence_timestamps", pa.list_(pa.int64())),
     ]
@@ -79,7 +99,7 @@ def _int_frame(frame: pd.DataFrame, columns: Sequence[str], name: str) -> pd.Dat
 
 
 def _to_utc(unix_seconds: np.ndarray) -> pa.Array:
-    return pa.array(unix_seconds.astype("int64") * 1_000_000_000, type=pa.timestamp("ns", tz="UTC"))
+    return pa.array(unix_seconds.astype("int64") * 1_000_000, type=pa.timestamp("us", tz="UTC"))
 
 
 def _file_size(path: Path) -> int:
@@ -111,8 +131,56 @@ def _snapshot_plan(events: pd.DataFrame, max_history_length: int) -> tuple[np.nd
 
 
 def write_sequence_snapshots(events: pd.DataFrame, path: Path | str, max_history_length: int) -> int:
-    """Write one snapshot row per (user, distinct timestamp) to a parquet file and return the row count."""
+    """Write one snapshot row per (user, distinct timestamp) to a parquet file and return the row count.
+
+    The pre-event-log representation, kept to measure its storage (benchmarks/feature_storage.py).
+    """
     users, items, times, starts, ends = _snapshot_plan(events, max_history_length)
+    _write_snapshot_rows(users, items, times, starts, ends, path, max_history_length)
+    return int(len(ends))
+
+
+def write_latest_snapshots(events: pd.DataFrame, path: Path | str, max_history_length: int) -> int:
+    """Write each user's last L events (one row per user, stamped at the user's last event); return rows."""
+    users, items, times, starts, ends = _snapshot_plan(events, max_history_length)
+    last = np.ones(len(ends), dtype=bool)
+    last[:-1] = users[ends[1:]] != users[ends[:-1]]
+    _write_snapshot_rows(users, items, times, starts[last], ends[last], path, max_history_length)
+    return int(last.sum())
+
+
+def write_event_log(events: pd.DataFrame, path: Path | str) -> int:
+    """Write the event-log view's rows (user, time, item, rank in the user's log) and return the count."""
+    users, items, times, _, _ = _snapshot_plan(events, 1)
+    n = len(users)
+    new_user = np.ones(n, dtype=bool)
+    new_user[1:] = users[1:] != users[:-1]
+    positions = np.arange(n) - np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
+    table = pa.Table.from_arrays(
+        [
+            pa.array(users, type=pa.int64()),
+            _to_utc(times),
+            pa.array(items, type=pa.int64()),
+            pa.array(positions, type=pa.int64()),
+        ],
+        schema=_EVENTS_SCHEMA,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, compression=_PARQUET_COMPRESSION, row_group_size=1 << 20)
+    return n
+
+
+def _write_snapshot_rows(
+    users: np.ndarray,
+    items: np.ndarray,
+    times: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    path: Path | str,
+    max_history_length: int,
+) -> None:
+    """Write snapshot rows [starts, ends] of the sorted events to parquet, in bounded chunks."""
     n = len(users)
     lengths = ends - starts + 1
 
@@ -144,7 +212,6 @@ def write_sequence_snapshots(events: pd.DataFrame, path: Path | str, max_history
             )
             writer.write_table(table)
     logger.info("wrote %d snapshots of %d events (L=%d) to %s", len(ends), n, max_history_length, path)
-    return int(len(ends))
 
 
 def _static_timestamp(events: pd.DataFrame) -> int:
@@ -170,18 +237,19 @@ def write_feature_data(
     data_dir: Path | str,
     max_history_length: int,
 ) -> dict[str, int]:
-    """Write the sequence and side-feature parquet files into `data_dir`; return bytes per file name."""
+    """Write the event log, serving snapshots and side features into `data_dir`; return bytes per file."""
     events = _int_frame(events, EVENT_COLUMNS, "events")
     item_features = _int_frame(item_features, ITEM_FEATURE_COLUMNS, "item_features")
     user_features = _int_frame(user_features, USER_FEATURE_COLUMNS, "user_features")
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    write_sequence_snapshots(events, data_dir / SEQUENCE_FILE, max_history_length)
+    write_event_log(events, data_dir / EVENTS_FILE)
+    write_latest_snapshots(events, data_dir / SEQUENCE_FILE, max_history_length)
     # Static rows sit before every event so any point-in-time lookup finds them.
     stamp = _static_timestamp(events)
     _write_static(item_features, "item_id", stamp, data_dir / ITEM_FILE)
     _write_static(user_features, "user_id", stamp, data_dir / USER_FILE)
-    return {name: _file_size(data_dir / name) for name in (SEQUENCE_FILE, ITEM_FILE, USER_FILE)}
+    return {name: _file_size(data_dir / name) for name in (EVENTS_FILE, SEQUENCE_FILE, ITEM_FILE, USER_FILE)}
 
 
 def _online_store_config(online_store: str | dict[str, Any]) -> dict[str, Any]:
@@ -193,12 +261,12 @@ def _online_store_config(online_store: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def write_store_config(repo_dir: Path | str, online_store: str | dict[str, Any] = "sqlite") -> Path:
-    """Write feature_store.yaml with paths relative to `repo_dir`, so the repo can be moved as a whole."""
+    """Write feature_store.yaml (DuckDB offline store) with registry and online paths relative to `repo_dir`."""
     config = {
         "project": PROJECT,
         "provider": "local",
         "registry": {"path": "registry.db", "cache_ttl_seconds": 60},
-        "offline_store": {"type": "file"},
+        "offline_store": {"type": "duckdb"},
         "online_store": _online_store_config(online_store),
         "entity_key_serialization_version": 3,
     }
@@ -224,8 +292,9 @@ def create_feature_repo(
     logger.info("feature data in %s: %s", repo_dir / DATA_SUBDIR, sizes)
     write_store_config(repo_dir, online_store)
     store = FeatureStore(repo_path=str(repo_dir))
-    # A relative data dir resolves against repo_path, keeping the repo self-contained.
-    store.apply(feature_definitions(DATA_SUBDIR))
+    # Absolute source paths: DuckDB reads them as given. The online store and registry stay relative, so
+    # a moved repo still serves online; offline reads need the data where it was written.
+    store.apply(feature_definitions(repo_dir / DATA_SUBDIR))
     return store
 
 
@@ -236,19 +305,6 @@ def materialize(store: FeatureStore, end_date: datetime | None = None) -> None:
     elif end_date.tzinfo is None:
         end_date = end_date.replace(tzinfo=UTC)
     store.materialize(start_date=MATERIALIZE_START, end_date=end_date)
-
-
-def _snapshot_length(store: FeatureStore) -> int | None:
-    """The L the sequence parquet was built with, or None when the source is not a local longrec file."""
-    source = store.get_feature_view(SEQUENCE_VIEW).batch_source
-    if not isinstance(source, FileSource):
-        return None
-    path = Path(FileSource.get_uri_for_file_path(store.repo_path, source.path))
-    if not path.is_file():
-        return None
-    metadata = pq.read_schema(path).metadata or {}
-    value = metadata.get(HISTORY_LENGTH_KEY)
-    return int(value) if value is not None else None
 
 
 def _as_int_array(value: Any) -> np.ndarray:
@@ -266,7 +322,9 @@ def _historical(
     entity_df = keys.assign(**{TIMESTAMP_FIELD: pd.to_datetime(at.to_numpy(), unit="s", utc=True)})
     features = [f"{view}:{name}" for name in names]
     result = store.get_historical_features(entity_df=entity_df, features=features).to_df()
-    result = result[[*key_columns, *names]].astype({column: "int64" for column in key_columns})
+    # Feast may drop rows without a feature row in the window and does not keep order: join back on keys.
+    result = result[[*key_columns, *names]].dropna(subset=list(names), how="all")
+    result = result.astype({column: "int64" for column in key_columns})
     if result.duplicated(key_columns).any():
         raise FeatureConsistencyError(
             f"{view}: get_historical_features returned duplicate {key_columns} rows"
@@ -277,53 +335,157 @@ def _historical(
     return merged.drop(columns="_merge")
 
 
-def fetch_histories(store: FeatureStore, requests: pd.DataFrame, max_history_length: int) -> pd.DataFrame:
-    """Histories of events strictly before each target, plus user side features; one row per request."""
-    keys = _int_frame(requests, REQUEST_COLUMNS, "requests")
-    built_with = _snapshot_length(store)
-    if built_with is not None and max_history_length > built_with:
-        raise ValueError(
-            f"max_history_length={max_history_length} exceeds L={built_with}, the length the snapshots "
-            "were built with; rebuild the feature data with a larger L"
+@dataclass(frozen=True)
+class EventLog:
+    """The event-log view in memory, sorted by (user, time, position): O(events), independent of L."""
+
+    user_ids: np.ndarray  # distinct users, ascending
+    user_start: np.ndarray  # [n_users + 1] index of each user's first event, then the total
+    timestamps: np.ndarray  # unix seconds
+    item_ids: np.ndarray
+    ttl_seconds: int = 0  # 0 = events never expire
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, view: str = EVENTS_VIEW) -> EventLog:
+        """Pull the whole view through the store's offline store (DuckDB, Spark, BigQuery, ...)."""
+        feature_view = store.get_feature_view(view)
+        source = feature_view.batch_source
+        job = store._get_provider().offline_store.pull_all_from_table_or_query(
+            config=store.config,
+            data_source=source,
+            join_key_columns=["user_id"],
+            feature_name_columns=list(EVENT_FEATURES),
+            timestamp_field=source.timestamp_field,
+            created_timestamp_column=source.created_timestamp_column or None,
+            start_date=None,
+            end_date=None,
         )
-    # Feast does not keep row order, and drops an entity row whose user has feature rows but none early
-    # enough (in a multi-view call, for every view): query each view alone, once per key, and join back.
-    unique = keys.drop_duplicates().reset_index(drop=True)
-    # Whole seconds: the snapshot as of t - 1s holds exactly the events strictly before t.
-    sequences = _historical(store, unique, unique["target_timestamp"] - 1, SEQUENCE_VIEW, SEQUENCE_FEATURES)
+        table = job.to_arrow()
+        stamps = table.column(source.timestamp_field).cast(pa.timestamp("s", tz="UTC"), safe=False).cast(pa.int64())
+        return cls.from_arrays(
+            table.column("user_id").to_numpy(),
+            stamps.to_numpy(),
+            table.column("behavior_item_id").to_numpy(),
+            table.column("behavior_position").to_numpy(),
+            ttl_seconds=int(feature_view.ttl.total_seconds()) if feature_view.ttl else 0,
+        )
 
-    history_items, history_timestamps = [], []
-    for items, times, target in zip(
-        sequences["sequence_items"],
-        sequences["sequence_timestamps"],
-        sequences["target_timestamp"],
-        strict=True,
-    ):
-        items, times = _as_int_array(items)[-max_history_length:], _as_int_array(times)[-max_history_length:]
-        if len(items) != len(times):
-            raise FeatureConsistencyError(
-                f"sequence_items and sequence_timestamps differ in length at {target}"
-            )
-        if len(times) and times[-1] >= target:
-            raise FeatureConsistencyError(
-                f"history at target_timestamp={target} holds an event at {times[-1]}"
-            )
-        history_items.append(items)
-        history_timestamps.append(times)
-    per_key = unique.assign(history_items=history_items, history_timestamps=history_timestamps)
+    @classmethod
+    def from_arrays(
+        cls,
+        user_ids: np.ndarray,
+        timestamps: np.ndarray,
+        item_ids: np.ndarray,
+        positions: np.ndarray,
+        ttl_seconds: int = 0,
+    ) -> EventLog:
+        """Sort rows that came back in any order (offline stores do not keep it) and index users."""
+        user_ids, positions = np.asarray(user_ids, np.int64), np.asarray(positions, np.int64)
+        order = np.lexsort((positions, user_ids))
+        users = user_ids[order]
+        stamps = np.asarray(timestamps, np.int64)[order]
+        new_user = np.r_[True, users[1:] != users[:-1]] if len(users) else np.zeros(0, bool)
+        if len(users) and (np.diff(positions[order])[~new_user[1:]] != 1).any():
+            raise FeatureConsistencyError(f"{EVENTS_VIEW}: positions are not 0..n-1 within each user")
+        if len(users) and (np.diff(stamps)[~new_user[1:]] < 0).any():
+            raise FeatureConsistencyError(f"{EVENTS_VIEW}: a user's positions and timestamps disagree")
+        starts = np.flatnonzero(new_user)
+        return cls(
+            user_ids=users[starts],
+            user_start=np.r_[starts, len(users)].astype(np.int64),
+            timestamps=stamps,
+            item_ids=np.asarray(item_ids, np.int64)[order],
+            ttl_seconds=ttl_seconds,
+        )
 
-    # Side features are static: one lookup per user, as of that user's latest request.
-    latest = unique.groupby("user_id", sort=False)["target_timestamp"].max().reset_index()
-    side = _historical(store, latest[["user_id"]], latest["target_timestamp"] - 1, USER_VIEW, USER_FEATURES)
-    # A user without attributes gets 0, the contract's "unknown".
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+    def history_bounds(
+        self, user_ids: np.ndarray, target_timestamps: np.ndarray, max_history_length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(first index, length) in this log of each request's history: the user's last L events strictly
+        before the target (and, with a ttl, no older than target - ttl). Unknown users get length 0."""
+        if max_history_length < 1:
+            raise ValueError(f"max_history_length must be >= 1, got {max_history_length}")
+        user_ids = np.asarray(user_ids, np.int64)
+        targets = np.asarray(target_timestamps, np.int64)
+        if len(self) == 0 or len(user_ids) == 0:
+            zeros = np.zeros(len(user_ids), np.int64)
+            return zeros, zeros.copy()
+        rank = np.minimum(np.searchsorted(self.user_ids, user_ids), len(self.user_ids) - 1)
+        known = self.user_ids[rank] == user_ids
+        lo, hi = self.user_start[rank], self.user_start[rank + 1]
+        # Number of the user's events strictly before t: binary search inside each user's time-sorted
+        # slice, done for all requests at once on (user rank, time) keys.
+        t_min, t_max = int(self.timestamps.min()), int(self.timestamps.max())
+        span = t_max - t_min + 2
+        if span * len(self.user_ids) >= 2**62:
+            raise ValueError("timestamp range x users too large for int64 search keys")
+        event_rank = np.repeat(np.arange(len(self.user_ids)), np.diff(self.user_start))
+        event_keys = event_rank * span + (self.timestamps - t_min)
+
+        def first_at_or_after(t: np.ndarray) -> np.ndarray:
+            return np.searchsorted(event_keys, rank * span + np.clip(t - t_min, 0, span - 1), side="left")
+
+        end = np.clip(first_at_or_after(targets), lo, hi)
+        start = np.maximum(lo, end - max_history_length)
+        if self.ttl_seconds > 0:
+            start = np.maximum(start, np.minimum(first_at_or_after(targets - self.ttl_seconds), end))
+        length = np.where(known, end - start, 0)
+        return np.where(known, start, 0), length
+
+    def histories(
+        self, user_ids: np.ndarray, target_timestamps: np.ndarray, max_history_length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded [N, L] history items and timestamps (oldest first, padding 0)."""
+        start, length = self.history_bounds(user_ids, target_timestamps, max_history_length)
+        return pad_histories(self.item_ids, self.timestamps, start, length, max_history_length)
+
+
+def fetch_user_features(store: FeatureStore, user_ids: np.ndarray, at: np.ndarray) -> pd.DataFrame:
+    """Static user side features (user_id + USER_FEATURES) as of `at` per user; 0 where a user has none."""
+    keys = pd.DataFrame({"user_id": np.asarray(user_ids, np.int64)})
+    if keys["user_id"].duplicated().any():
+        raise ValueError("fetch_user_features takes each user once")
+    side = _historical(store, keys, pd.Series(np.asarray(at, np.int64)), USER_VIEW, USER_FEATURES)
     side[list(USER_FEATURES)] = side[list(USER_FEATURES)].fillna(0).astype("int64")
-    per_key = per_key.merge(side, on="user_id", how="left", validate="many_to_one")
+    return side
 
-    # A left merge keeps the left frame's order, so rows come back in request order.
-    out = keys.merge(per_key, on=list(REQUEST_COLUMNS), how="left", validate="many_to_one")
+
+def fetch_histories(store: FeatureStore, requests: pd.DataFrame, max_history_length: int) -> pd.DataFrame:
+    """Histories of events strictly before each target, plus user side features; one row per request,
+    in request order (history_items / history_timestamps are variable-length int64 arrays)."""
+    keys = _int_frame(requests, REQUEST_COLUMNS, "requests")
+    log = EventLog.from_store(store)
+    users, targets = keys["user_id"].to_numpy(), keys["target_timestamp"].to_numpy()
+    start, length = log.history_bounds(users, targets, max_history_length)
+    cuts = np.cumsum(length)[:-1]
+    flat = np.repeat(start - np.r_[0, np.cumsum(length)[:-1]], length) + np.arange(int(length.sum()))
+    out = keys.assign(
+        history_items=np.split(log.item_ids[flat], cuts) if len(keys) else [],
+        history_timestamps=np.split(log.timestamps[flat], cuts) if len(keys) else [],
+    )
+    # Side features are static: one lookup per user, as of that user's latest request.
+    latest = keys.groupby("user_id", sort=False)["target_timestamp"].max()
+    side = fetch_user_features(store, latest.index.to_numpy(), latest.to_numpy() - 1)
+    out = out.merge(side, on="user_id", how="left", validate="many_to_one")
     if len(out) != len(keys):
         raise FeatureConsistencyError(f"expected {len(keys)} rows, assembled {len(out)}")
     return out
+
+
+def iter_history_chunks(
+    log: EventLog, requests: pd.DataFrame, max_history_length: int, rows_per_chunk: int
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """(row slice, items [n, L], timestamps [n, L]) of consecutive request chunks: memory is bounded by
+    rows_per_chunk x L, not by the number of requests."""
+    users = requests["user_id"].to_numpy(np.int64)
+    targets = requests["target_timestamp"].to_numpy(np.int64)
+    for begin in range(0, len(requests), max(1, rows_per_chunk)):
+        rows = slice(begin, min(begin + rows_per_chunk, len(requests)))
+        items, stamps = log.histories(users[rows], targets[rows], max_history_length)
+        yield rows, items, stamps
 
 
 def online_history(store: FeatureStore, user_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -1,64 +1,121 @@
-"""The pipeline's training-set step: sample targets from events, read every history from Feast."""
+"""The pipeline's training-set step: sample targets from events, read every history from Feast.
+
+Histories come from the event-log view (`EventLog.from_store`, pulled once through the offline store) and
+user side features from `get_historical_features`; the training set is assembled and written in chunks of
+about `values_per_chunk` history values, so memory grows with the chunk, not with the training set.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from feast import FeatureStore
 
 from longrec.data.datasets import RecDataset
-from longrec.data.samples import SampleConfig, assemble_training_set, build_targets, histories_from_sequences
-from longrec.data.training_set import write_training_set
-from longrec.features.store import fetch_histories
+from longrec.data.samples import SampleConfig, assemble_training_set, build_targets
+from longrec.data.schema import SCALAR_SAMPLE_COLUMNS, SEQUENCE_SAMPLE_COLUMNS
+from longrec.data.training_set import META_FILE, SPEC_FILE, TRAINING_SET_FILE, stack_sequences
+from longrec.features.store import EventLog, FeatureConsistencyError, fetch_user_features, iter_history_chunks
 
 logger = logging.getLogger(__name__)
 
+# History values (rows x L) per chunk: ~16M values is ~0.3 GB of int64 items, timestamps and mask.
+VALUES_PER_CHUNK = 16_000_000
+_USER_COLUMNS = (("user_age", "age_id"), ("user_gender", "gender_id"), ("user_occupation", "occupation_id"))
+
+
+def _schema(length: int) -> pa.Schema:
+    """The layout of `longrec.data.training_set.write_training_set`: scalars, then fixed-size lists."""
+    scalar = [
+        (column, pa.string() if dtype == "object" else pa.from_numpy_dtype(np.dtype(dtype)))
+        for column, dtype in SCALAR_SAMPLE_COLUMNS.items()
+    ]
+    sequence = [
+        (column, pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), length))
+        for column, dtype in SEQUENCE_SAMPLE_COLUMNS.items()
+    ]
+    return pa.schema(scalar + sequence)
+
+
+def _chunk_table(frame, schema: pa.Schema, length: int) -> pa.Table:
+    """One chunk of samples as a table of `schema`."""
+    arrays = [
+        pa.array(frame[column].to_numpy(), type=schema.field(column).type) for column in SCALAR_SAMPLE_COLUMNS
+    ]
+    for column, dtype in SEQUENCE_SAMPLE_COLUMNS.items():
+        values = stack_sequences(frame[column], np.dtype(dtype)).reshape(-1)
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), length))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
 
 def build_training_set_from_features(
-    dataset_dir: str | Path, repo_dir: str | Path, config: SampleConfig, output_dir: str | Path
+    dataset_dir: str | Path,
+    repo_dir: str | Path,
+    config: SampleConfig,
+    output_dir: str | Path,
+    values_per_chunk: int = VALUES_PER_CHUNK,
 ) -> dict:
-    """Targets and negatives from events; histories and user features by point-in-time Feast retrieval."""
+    """Targets and negatives from events; histories and user features point-in-time from Feast."""
     dataset = RecDataset.load(dataset_dir)
     targets, _ = build_targets(dataset, config)
+    length = config.max_history_length
     store = FeatureStore(repo_path=str(repo_dir))
     started = time.time()
-    # Negatives share their positive's history, so each (user, target time) is fetched once.
-    requests = targets[["user_id", "target_timestamp"]].drop_duplicates().reset_index(drop=True)
-    fetched = fetch_histories(store, requests, config.max_history_length)
-    joined = targets[["user_id", "target_timestamp"]].merge(
-        fetched, on=["user_id", "target_timestamp"], how="left", validate="many_to_one"
-    )
-    if len(joined) != len(targets) or joined["history_items"].isna().any():
-        raise RuntimeError("Feast retrieval lost samples: every target must get a history row")
-    items, stamps = histories_from_sequences(
-        joined["history_items"].tolist(), joined["history_timestamps"].tolist(), config.max_history_length
-    )
-    frame = assemble_training_set(targets, items, stamps, dataset)
-    # User side features as the feature store served them.
-    for column, source in (
-        ("user_age", "age_id"),
-        ("user_gender", "gender_id"),
-        ("user_occupation", "occupation_id"),
-    ):
-        frame[column] = joined[source].to_numpy(np.int64)
+    log = EventLog.from_store(store)
+    # Static user features: one lookup per user, as of the user's latest target.
+    latest = targets.groupby("user_id", sort=True)["target_timestamp"].max()
+    side = fetch_user_features(store, latest.index.to_numpy(), latest.to_numpy() - 1).set_index("user_id")
+    if len(side) != len(latest):
+        raise FeatureConsistencyError(f"expected user features for {len(latest)} users, got {len(side)}")
     fetch_seconds = time.time() - started
-    spec = dataset.feature_spec(config.max_history_length)
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    n_samples = 0
+    rows_per_chunk = max(1, values_per_chunk // length)
+    schema = _schema(length)
+    with pq.ParquetWriter(output_dir / TRAINING_SET_FILE, schema) as writer:
+        for rows, items, stamps in iter_history_chunks(log, targets, length, rows_per_chunk):
+            chunk = assemble_training_set(targets.iloc[rows], items, stamps, dataset)
+            # User side features as the feature store served them.
+            for column, source in _USER_COLUMNS:
+                chunk[column] = side[source].reindex(chunk["user_id"]).to_numpy(np.int64)
+            writer.write_table(_chunk_table(chunk, schema, length))
+            n_samples += len(chunk)
+            for split, count in chunk["split"].value_counts().items():
+                counts[split] = counts.get(split, 0) + int(count)
+    if n_samples != len(targets):
+        raise FeatureConsistencyError(f"wrote {n_samples} samples for {len(targets)} targets")
+    build_seconds = time.time() - started
+
+    spec = dataset.feature_spec(length)
     meta = {
         "dataset": dataset.name,
         "dataset_track": dataset.track,
         "dataset_fingerprint": dataset.fingerprint(),
         "sample_config": config.to_dict(),
-        "history_source": "feast.get_historical_features (as of target_timestamp - 1 s)",
-        "n_samples": int(len(frame)),
-        "n_samples_by_split": {k: int(v) for k, v in frame["split"].value_counts().items()},
+        "history_source": "feast offline store: event-log view, last L events strictly before target_timestamp",
+        "n_samples": n_samples,
+        "n_samples_by_split": counts,
     }
-    write_training_set(frame, spec, output_dir, meta)
-    logger.info("training set: %d samples, histories fetched in %.1f s", len(frame), fetch_seconds)
+    spec.to_json(output_dir / SPEC_FILE)
+    (output_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    logger.info(
+        "training set: %d samples; histories read in %.1f s, built and written in %.1f s",
+        n_samples,
+        fetch_seconds,
+        build_seconds,
+    )
     return {
-        **meta["n_samples_by_split"],
-        "n_samples": meta["n_samples"],
+        **counts,
+        "n_samples": n_samples,
         "fetch_seconds": round(fetch_seconds, 1),
+        "build_seconds": round(build_seconds, 1),
     }

@@ -1,0 +1,245 @@
+"""Training-set build from Feast: old store (file offline store, per-second snapshots) vs new (DuckDB
+offline store, event log, chunked build), time and peak memory, one run each.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/feature_retrieval.py \
+        --datasets ml-100k:50 dslabs-movielens:1000 synthetic-10m:1000
+
+Every (dataset, store) runs in a child process, so its peak RSS (ru_maxrss) is its own: the
+pipeline's `materialize_dataset` then `build_training_set_from_features`, exactly as the KFP steps call
+them. "old" runs the library as it was at `--old-commit` (extracted with `git archive`, put first on
+PYTHONPATH); "new" runs this checkout. A child that passes `--timeout` is stopped and its last finished
+stage is reported, so a time-boxed run still says how far it got.
+
+For synthetic-10m the training set is not written: at L=1000 it would hold ~26M samples x 1,000
+positions x 3 sequence columns. There the child reads the history of every distinct (user, target
+second) request in chunks (new) or with the old `fetch_histories` (old) and reduces it to a checksum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+OLD_COMMIT = "f2b149d"  # last commit with the file offline store and per-second snapshots
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def synthetic_events(path: Path, n_events: int, seed: int = 0) -> None:
+    """Heavy-tailed user activity (mean 500 events, many above 1,000), Zipf items, two years of seconds."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_users = n_events // 500
+    weights = rng.lognormal(mean=0.0, sigma=1.0, size=n_users)
+    counts = np.maximum(1, np.round(weights / weights.sum() * n_events)).astype(np.int64)
+    counts[np.argmax(counts)] += n_events - counts.sum()
+    users = np.repeat(np.arange(1, n_users + 1), counts)
+    items = np.minimum(rng.zipf(1.2, size=n_events), 100_000)
+    stamps = 1_500_000_000 + rng.integers(0, 2 * 365 * 86_400, size=n_events)
+    pd.DataFrame({"user_id": users, "item_id": items, "timestamp": stamps}).to_parquet(path, index=False)
+
+
+def prepare(dataset: str, workdir: Path) -> Path:
+    """The ingested dataset folder the pipeline's feature steps read."""
+    from longrec.data.datasets import load_dataset
+
+    folder = workdir / "events"
+    if dataset.startswith("synthetic-"):
+        n_events = int(float(dataset.split("-", 1)[1].rstrip("m")) * 1_000_000)
+        raw = workdir / "synthetic.parquet"
+        synthetic_events(raw, n_events)
+        loaded = load_dataset(str(raw))
+    else:
+        loaded = load_dataset(dataset)
+    loaded.save(folder)
+    return folder
+
+
+def child(args: argparse.Namespace) -> None:
+    """One (dataset, store) measurement; appends a stage record to args.record after every stage."""
+    import pandas as pd
+
+    from longrec.data.datasets import RecDataset
+    from longrec.data.samples import SampleConfig, build_targets
+    from longrec.features.materialize import materialize_dataset
+
+    record = Path(args.record)
+    stages: list[dict] = []
+
+    def stage(name: str, started: float, **extra) -> None:
+        stages.append(
+            {
+                "stage": name,
+                "seconds": round(time.time() - started, 2),
+                "peak_rss_gib": round(peak_rss_gib(), 3),
+            }
+            | extra
+        )
+        record.write_text(json.dumps(stages, indent=2))
+
+    work = Path(args.workdir)
+    started = time.time()
+    info = materialize_dataset(args.dataset_dir, work / "repo", max_history_length=args.length)
+    stage("materialize", started, offline_bytes=info["offline_bytes"])
+
+    config = SampleConfig(max_history_length=args.length, seed=0)
+    started = time.time()
+    if args.mode == "build":
+        from longrec.features.training_set import build_training_set_from_features
+
+        out = build_training_set_from_features(args.dataset_dir, work / "repo", config, work / "ts")
+        size = sum(p.stat().st_size for p in (work / "ts").iterdir())
+        stage(
+            "training_set",
+            started,
+            n_samples=out["n_samples"],
+            fetch_seconds=out["fetch_seconds"],
+            training_set_bytes=size,
+        )
+        return
+
+    # histories: every distinct request's history, read and reduced to a checksum (nothing written).
+    dataset = RecDataset.load(args.dataset_dir)
+    targets, _ = build_targets(dataset, config)
+    requests = targets[["user_id", "target_timestamp"]].drop_duplicates().reset_index(drop=True)
+    del targets, dataset
+    stage("targets", started, n_requests=len(requests))
+    started = time.time()
+    from feast import FeatureStore
+
+    store = FeatureStore(repo_path=str(work / "repo"))
+    checksum, values = 0, 0
+    if args.store == "new":
+        from longrec.features.store import EventLog, iter_history_chunks
+
+        log = EventLog.from_store(store)
+        stage("pull_event_log", started, n_events=len(log))
+        for _, items, _ in iter_history_chunks(log, requests, args.length, 16_000_000 // args.length):
+            checksum = (checksum + int(items.sum())) % 2**61
+            values += int((items != 0).sum())
+    else:
+        from longrec.features.store import fetch_histories
+
+        frame = fetch_histories(store, pd.DataFrame(requests), args.length)
+        for items in frame["history_items"]:
+            checksum = (checksum + int(np.asarray(items).sum())) % 2**61
+            values += len(items)
+    stage("histories", started, history_values=values, checksum=checksum)
+
+
+def old_tree(commit: str, into: Path) -> Path:
+    """The `longrec` package as of `commit`, extracted under `into`."""
+    archive = into / "old.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit, "longrec"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "old", filter="data")
+    return into / "old"
+
+
+def run(dataset: str, length: int, stores: list[str], timeout: int, old_commit: str) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="feature-retrieval-") as tmp:
+        tmp = Path(tmp)
+        started = time.time()
+        dataset_dir = prepare(dataset, tmp)
+        print(f"{dataset}: dataset ready in {time.time() - started:.0f} s", flush=True)
+        mode = "histories" if dataset.startswith("synthetic-") else "build"
+        for store in stores:
+            work = tmp / store
+            work.mkdir()
+            env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+            if store == "old":
+                env["PYTHONPATH"] = str(old_tree(old_commit, tmp))
+            record = work / "stages.json"
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--store",
+                store,
+                "--dataset-dir",
+                str(dataset_dir),
+                "--length",
+                str(length),
+                "--mode",
+                mode,
+                "--workdir",
+                str(work),
+                "--record",
+                str(record),
+            ]
+            started = time.time()
+            try:
+                done = subprocess.run(command, env=env, timeout=timeout, capture_output=True, text=True)
+                status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+                if done.returncode:
+                    print(done.stderr[-3000:], file=sys.stderr)
+            except subprocess.TimeoutExpired:
+                status = f"stopped after the {timeout} s time box"
+            stages = json.loads(record.read_text()) if record.is_file() else []
+            row = {
+                "dataset": dataset,
+                "max_history_length": length,
+                "store": store,
+                "mode": mode,
+                "status": status,
+                "wall_seconds": round(time.time() - started, 1),
+                "peak_rss_gib": max((s["peak_rss_gib"] for s in stages), default=None),
+                "stages": stages,
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets", nargs="+", default=["ml-100k:50", "dslabs-movielens:1000", "synthetic-10m:1000"]
+    )
+    parser.add_argument("--stores", nargs="+", default=["new", "old"], choices=["new", "old"])
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per (dataset, store) child")
+    parser.add_argument("--old-commit", default=OLD_COMMIT)
+    parser.add_argument("--output", type=Path, default=RESULTS / "feature_retrieval.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    for name in ("--store", "--dataset-dir", "--mode", "--workdir", "--record"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    results = []
+    for spec in args.datasets:
+        name, length = spec.rsplit(":", 1)
+        results.extend(run(name, int(length), args.stores, args.timeout, args.old_commit))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        previous = json.loads(args.output.read_text()) if args.output.is_file() else []
+        kept = [
+            r
+            for r in previous
+            if (r["dataset"], r["store"]) not in {(x["dataset"], x["store"]) for x in results}
+        ]
+        args.output.write_text(json.dumps(kept + results, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
