@@ -1,8 +1,9 @@
-"""A tiny stand-in for the ranking service, for the rollout tests only: it implements the HTTP contract of
-longrec.rollout.replay (POST /rank) and the ranker's side of the rollout exactly as the real service must
-(Assigner for the arm, RequestLogger for every request), but scores with two fixed functions instead of
-models: "popularity" (training-period item counts: a real, weak recommender) and "random". The real
-service is the BentoML ranker in serving/ and longrec/serving/."""
+"""A tiny stand-in for the ranking service, for the rollout tests only. It speaks the BentoML ranker's
+`POST /rank` shapes (longrec/serving/schemas.py: extra request fields refused, scored-item objects back)
+plus the three response fields the rollout adds (arm, experiment_id, request_id), and does the ranker's
+side of the rollout as the real service must (Assigner for the arm, RequestLogger for every request). It
+scores with two fixed functions instead of models: "popularity" (training-period item counts: a real,
+weak recommender) and "random". The real service is the BentoML ranker in serving/ and longrec/serving/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -36,33 +38,42 @@ class StubRanker:
         self.rng = np.random.default_rng(seed)
         self.lock = threading.Lock()
 
-    def rank(self, body: dict) -> dict:
+    REQUEST_FIELDS = {"user_id", "candidate_items", "top_k", "timestamp", "history"}
+
+    def rank(self, body: dict) -> tuple[int, dict]:
+        """(HTTP status, response body)."""
+        extra = set(body) - self.REQUEST_FIELDS
+        if extra:  # as the real service's pydantic model (extra="forbid")
+            return 400, {"error": f"unexpected fields {sorted(extra)}"}
         started = time.perf_counter()
         assignment = self.assigner.assign(body["user_id"])
         tag = assignment.model_tag or self.production_tag
         candidates = np.asarray(body["candidate_items"], dtype=np.int64)
         times = self.user_times.get(int(body["user_id"]), np.array([], dtype=np.int64))
-        seen = int(np.searchsorted(times, body.get("as_of", np.inf), side="left"))
+        now = body.get("timestamp", int(time.time()))
+        seen = int(np.searchsorted(times, now, side="left"))
         history_length = min(seen, self.max_history_length, self.truncate_history or self.max_history_length)
-        recency = float(body["as_of"] - times[seen - 1]) if seen and "as_of" in body else None
+        recency = float(now - times[seen - 1]) if seen else None
         with self.lock:
             if self.scorers[tag] == "popularity":
                 scores = np.log1p(self.popularity[candidates]) + 1e-3 * self.rng.random(len(candidates))
             else:
                 scores = self.rng.random(len(candidates))
-        order = np.argsort(-scores)[: body["top_k"]]
+        order = np.argsort(-scores)[: body.get("top_k") or len(candidates)]
+        request_id = uuid.uuid4().hex
         response = {
-            "items": candidates[order].tolist(), "scores": scores[order].tolist(), "arm": assignment.arm,
-            "model_tag": tag, "flags": {"degraded": False}, "experiment_id": assignment.experiment_id,
-            "history_length": history_length, "recency_s": recency,
+            "items": [{"item_id": int(candidates[i]), "score": float(scores[i]), "logit": float(scores[i])} for i in order],
+            "model_tag": tag, "model_name": self.scorers[tag], "history_length": history_length,
+            "unknown_user": seen == 0, "feature_fallback": False, "degraded_memory": False,
+            "arm": assignment.arm, "experiment_id": assignment.experiment_id, "request_id": request_id,
         }  # fmt: skip
         self.log.log(
-            request_id=body.get("request_id") or str(time.time_ns()), user_id=body["user_id"], arm=assignment.arm,
-            model_tag=tag, items=response["items"], scores=response["scores"],
+            request_id=request_id, user_id=body["user_id"], arm=assignment.arm, model_tag=tag,
+            items=[item["item_id"] for item in response["items"]], scores=[item["score"] for item in response["items"]],
             latency_ms=(time.perf_counter() - started) * 1000, experiment_id=assignment.experiment_id,
-            flags=response["flags"], history_length=history_length, recency_s=recency,
+            flags={"unknown_user": seen == 0}, history_length=history_length, recency_s=recency,
         )  # fmt: skip
-        return response
+        return 200, response
 
 
 def serve(ranker: StubRanker) -> tuple[ThreadingHTTPServer, str]:
@@ -78,12 +89,9 @@ def serve(ranker: StubRanker) -> tuple[ThreadingHTTPServer, str]:
 
         def do_POST(self):  # noqa: N802
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path != "/rank":
-                self.send_response(404)
-                payload = b"{}"
-            else:
-                payload = json.dumps(ranker.rank(body)).encode()
-                self.send_response(200)
+            status, response = (404, {}) if self.path != "/rank" else ranker.rank(body)
+            payload = json.dumps(response).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()

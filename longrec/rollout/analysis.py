@@ -23,6 +23,15 @@ ARMS = (CONTROL, CANDIDATE)
 MIN_GUARDRAIL_REQUESTS = 50
 
 
+# Flags that mean the request was served worse than the model could: the ranker's (memory shard late,
+# online store unreadable) or a generic "degraded".
+DEGRADED_FLAGS = ("degraded", "degraded_memory", "feature_fallback")
+
+
+def is_degraded(flags: dict) -> bool:
+    return any(bool(flags.get(name)) for name in DEGRADED_FLAGS)
+
+
 def arm_metrics(frame: pd.DataFrame) -> dict:
     """Metrics of the requests of one arm (rows of `read_requests`)."""
     requests = len(frame)
@@ -33,7 +42,7 @@ def arm_metrics(frame: pd.DataFrame) -> dict:
     hits = (positions > 0) & (positions <= top_k)
     ndcg = np.where(hits, 1.0 / np.log2(np.maximum(positions, 1) + 1), 0.0)
     latency = ok["latency_ms"].dropna().to_numpy(float)
-    degraded = ok["flags"].map(lambda flags: bool(flags.get("degraded"))).to_numpy(bool) if len(ok) else np.array([])
+    degraded = ok["flags"].map(is_degraded).to_numpy(bool) if len(ok) else np.array([])
     clicks = int(shown["clicked"].sum()) if len(shown) else 0
     impressions = len(shown)
     return {

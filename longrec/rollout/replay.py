@@ -6,20 +6,23 @@ the user never interacted with), top_k. The user clicks when the true item is sh
 the position-biased click model, with probability 1/log2(1 + position)). This is how online metrics are
 produced without live users.
 
-HTTP contract (served by the BentoML ranker of serving/ and longrec/serving/; the tests use a small stub):
+HTTP contract: the BentoML ranker's `POST /rank` (serving/service.py, longrec/serving/schemas.py; the
+tests use a stub that speaks the same shapes):
 
-    POST {base_url}/rank
-    request:  {"user_id": int, "candidate_items": [int, ...], "top_k": int,
-               "request_id": str, "as_of": float}       # request_id, as_of: optional for the service
-    response: {"items": [ranked item ids, top_k of them], "scores": [...], "arm": "control"|"candidate",
-               "model_tag": str, "flags": {...},
-               "experiment_id": int|null, "history_length": int, "recency_s": float}   # last three optional
+    request:  {"user_id": int, "candidate_items": [int, ...], "top_k": int, "timestamp": int}
+              (no other fields: the service forbids extras; `timestamp` is the replayed interaction's time,
+              so time-gap features are computed in replayed time)
+    response: {"items": [{"item_id": int, "score": float, "logit": float}, ...] best first,
+               "model_tag": str, "history_length": int,
+               "unknown_user": bool, "feature_fallback": bool, "degraded_memory": bool,
+               # what the rollout adds to the service's response (absent fields are tolerated):
+               "arm": "control" | "candidate", "experiment_id": int | null, "request_id": str}
 
-`as_of` is the replayed interaction's timestamp, so a service can compute recency in replayed time;
-`history_length` and `recency_s` are what the model saw (the drift report's inputs). The
-service is expected to log each request itself (longrec.rollout.requestlog.RequestLogger); the replay logs
-the same request id again from the client side (ignored when the service logged it first), so an
-uninstrumented service still produces a complete log, and it logs the click feedback."""
+A response of plain ids ({"items": [ids], "scores": [...]}) and a "flags" dict are accepted as well.
+Without "arm" a request is logged as arm "unknown" and counts for no arm. Without "request_id" the replay
+makes one. The service is expected to log each request itself (longrec.rollout.requestlog.RequestLogger)
+under the request id it returns; the replay logs the same id again from the client side (ignored when the
+service logged it first), so an uninstrumented service still yields a complete log, and it logs the click."""
 
 from __future__ import annotations
 
@@ -36,6 +39,16 @@ from longrec.rollout.requestlog import RequestLogger
 logger = logging.getLogger(__name__)
 
 CLICK_MODELS = ("shown", "position")
+# Boolean flags of the ranker's response, kept in the log's flags.
+SERVICE_FLAGS = ("unknown_user", "feature_fallback", "degraded_memory")
+
+
+def parse_items(payload: dict) -> tuple[list[int], list[float]]:
+    """Ranked item ids and scores from a response: scored-item objects or plain ids plus "scores"."""
+    items = payload["items"]
+    if items and isinstance(items[0], dict):
+        return [int(item["item_id"]) for item in items], [float(item.get("score", np.nan)) for item in items]
+    return [int(item) for item in items], [float(score) for score in payload.get("scores", [])]
 
 
 @dataclass(frozen=True)
@@ -159,13 +172,11 @@ def replay(
 def _replay_one(client, request: ReplayRequest, log, top_k, click_model, experiment_id, rng, summary) -> None:
     import httpx
 
-    request_id = uuid.uuid4().hex
     body = {
         "user_id": request.user_id,
         "candidate_items": request.candidate_items,
         "top_k": top_k,
-        "request_id": request_id,
-        "as_of": request.as_of,
+        "timestamp": int(request.as_of),
     }
     sent = time.time()
     started = time.perf_counter()
@@ -183,11 +194,13 @@ def _replay_one(client, request: ReplayRequest, log, top_k, click_model, experim
         latency_ms = (time.perf_counter() - started) * 1000
         failure = type(error).__name__
     payload = payload if isinstance(payload, dict) else {}
+    request_id = str(payload.get("request_id") or uuid.uuid4().hex)
     arm = payload.get("arm") or "unknown"
     summary.requests += 1
     by_arm = summary.by_arm.setdefault(arm, {"requests": 0, "clicks": 0, "errors": 0})
     by_arm["requests"] += 1
     flags = dict(payload.get("flags") or {})
+    flags.update({name: bool(payload[name]) for name in SERVICE_FLAGS if name in payload})
     common = dict(
         request_id=request_id, user_id=request.user_id, arm=arm, model_tag=payload.get("model_tag"),
         latency_ms=latency_ms, experiment_id=payload.get("experiment_id", experiment_id),
@@ -200,8 +213,8 @@ def _replay_one(client, request: ReplayRequest, log, top_k, click_model, experim
         by_arm["errors"] += 1
         log.log(items=[], scores=[], status="error", flags={**flags, "error": failure}, **common)
         return
-    items = [int(item) for item in payload["items"]]
-    log.log(items=items, scores=payload.get("scores", []), flags=flags, **common)
+    items, scores = parse_items(payload)
+    log.log(items=items, scores=scores, flags=flags, **common)
     position = click_position(items, request.target_item, top_k)
     if click_model == "shown":
         clicked = position > 0
