@@ -11,13 +11,11 @@ import json
 import socket
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from longrec.rollout.assignment import Assigner
-from longrec.rollout.requestlog import RequestLogger
+from longrec.rollout.hooks import RolloutHooks
 
 
 class StubRanker:
@@ -29,8 +27,7 @@ class StubRanker:
         self.user_times = {u: g.to_numpy() for u, g in events.groupby("user_id")["timestamp"]}
         cutoff = np.quantile(events["timestamp"], 0.8)
         self.popularity = np.bincount(events.loc[events["timestamp"] < cutoff, "item_id"], minlength=dataset.n_items)
-        self.assigner = Assigner(dataset_key, state_dir, refresh_s=0)
-        self.log = RequestLogger(log_path)
+        self.hooks = RolloutHooks(dataset_key, state_dir, log_path, refresh_s=0)
         self.production_tag = production_tag
         self.scorers = scorers  # model tag -> "popularity" | "random"
         self.max_history_length = max_history_length
@@ -46,7 +43,7 @@ class StubRanker:
         if extra:  # as the real service's pydantic model (extra="forbid")
             return 400, {"error": f"unexpected fields {sorted(extra)}"}
         started = time.perf_counter()
-        assignment = self.assigner.assign(body["user_id"])
+        assignment = self.hooks.assign(body["user_id"])
         tag = assignment.model_tag or self.production_tag
         candidates = np.asarray(body["candidate_items"], dtype=np.int64)
         times = self.user_times.get(int(body["user_id"]), np.array([], dtype=np.int64))
@@ -60,19 +57,17 @@ class StubRanker:
             else:
                 scores = self.rng.random(len(candidates))
         order = np.argsort(-scores)[: body.get("top_k") or len(candidates)]
-        request_id = uuid.uuid4().hex
         response = {
             "items": [{"item_id": int(candidates[i]), "score": float(scores[i]), "logit": float(scores[i])} for i in order],
             "model_tag": tag, "model_name": self.scorers[tag], "history_length": history_length,
             "unknown_user": seen == 0, "feature_fallback": False, "degraded_memory": False,
-            "arm": assignment.arm, "experiment_id": assignment.experiment_id, "request_id": request_id,
         }  # fmt: skip
-        self.log.log(
-            request_id=request_id, user_id=body["user_id"], arm=assignment.arm, model_tag=tag,
-            items=[item["item_id"] for item in response["items"]], scores=[item["score"] for item in response["items"]],
-            latency_ms=(time.perf_counter() - started) * 1000, experiment_id=assignment.experiment_id,
+        request_id = self.hooks.record(
+            assignment, user_id=body["user_id"], model_tag=tag, items=[item["item_id"] for item in response["items"]],
+            scores=[item["score"] for item in response["items"]], latency_ms=(time.perf_counter() - started) * 1000,
             flags={"unknown_user": seen == 0}, history_length=history_length, recency_s=recency,
         )  # fmt: skip
+        response.update(arm=assignment.arm, experiment_id=assignment.experiment_id, request_id=request_id)
         return 200, response
 
 
