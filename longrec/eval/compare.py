@@ -14,7 +14,7 @@ import numpy as np
 
 from longrec.data.training_set import read_training_set, tensors_by_split
 from longrec.eval.ctr import ctr_metrics, rela_impr
-from longrec.registry.store import CHECKPOINT_FILE, EVALUATION_FILE, MODEL_META_FILE
+from longrec.model_files import CHECKPOINT_FILE, EVALUATION_FILE, MODEL_META_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -117,6 +117,20 @@ def _grid_topk(row_top: Tensor, row_idx: Tensor, col_top: Tensor, col_idx: Tenso
     return scores, rows * n_rows + cols
 
 
+def select_slots(
+    row_top: Tensor, row_idx: Tensor, col_top: Tensor, col_idx: Tensor, n_rows: int
+) -> tuple[Tensor, Tensor]:
+    """The read's selection step, public for readers that fetch value rows themselves (a sharded memory):
+    (softmax weights [..., K], slot ids [..., K]) of the top-K cells of the two-axis grid."""
+    scores, slots = _grid_topk(row_top, row_idx, col_top, col_idx, n_rows)
+    return torch.softmax(scores, dim=-1), slots
+
+
+def combine_rows(weights: Tensor, rows: Tensor) -> Tensor:
+    """Σ over heads and slots of weight · value row: weights [Q, H, K], rows [Q, H, K, D] → [Q, D]."""
+    return (weights.unsqueeze(-1).to(rows.dtype) * rows).sum(dim=(1, 2))
+
+
 def pkm_read_reference(
     row_top: Tensor,
     row_idx: Tensor,
@@ -127,8 +141,7 @@ def pkm_read_reference(
     sparse_grad: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pure-torch read: inputs [Q, H, K]; returns (out [Q, D] summed over heads, slots, weights [Q, H, K])."""
-    scores, slots = _grid_topk(row_top, row_idx, col_top, col_idx, n_rows)
-    weights = torch.softmax(scores, dim=-1)
+    weights, slots = select_slots(row_top, row_idx, col_top, col_idx, n_rows)
     q = slots.shape[0]
     flat_slots, flat_weights = slots.reshape(q, -1), weights.reshape(q, -1).to(values.dtype)
     if sparse_grad and torch.is_grad_enabled() and values.requires_grad:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from longrec.kernels.pkm import _grid_topk
+from longrec.kernels.pkm import combine_rows, select_slots
 from longrec.memory.product_keys import MemoryConfig, ProductKeyMemory, axis_topk
 
 __all__ = [
@@ -104,11 +104,8 @@ class ShardedMemory:
         self, row_top: Tensor, row_idx: Tensor, col_top: Tensor, col_idx: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Same contract as ``ProductKeyMemory.read_topk``: (reads [N, d_v], slots, weights [N, H, K])."""
-        scores, slots = _grid_topk(row_top, row_idx, col_top, col_idx, self.config.n_rows)
-        weights = torch.softmax(scores, dim=-1)
-        rows = self.gather(slots)  # [N, H, K, d_v]
-        out = (weights.unsqueeze(-1).to(rows.dtype) * rows).sum(dim=(1, 2))
-        return out, slots, weights
+        weights, slots = select_slots(row_top, row_idx, col_top, col_idx, self.config.n_rows)
+        return combine_rows(weights, self.gather(slots)), slots, weights  # rows from their shards
 
     @torch.no_grad()
     def row_topk(self, row_query: Tensor) -> tuple[Tensor, Tensor]:

@@ -31,12 +31,12 @@ from longrec.memory import (
     load_memory_shards,
     save_memory_shards,
 )
+from longrec.model_files import MEMORY_DIR  # sub-folder of a model folder holding the memory shards
 from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
 from longrec.models.din import ActivationUnit
 
 __all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
 
-MEMORY_DIR = "memory"  # sub-folder of a model folder that holds the memory shards
 USER_FEATURE_MODES = ("id+side", "id", "side")
 MEMORY_POOLS = ("mean", "attention")
 

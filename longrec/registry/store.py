@@ -29,14 +29,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from longrec.model_files import (
+    CHECKPOINT_FILE,
+    EVALUATION_FILE,
+    MODEL_META_FILE,
+    ModelFolderError,
+    read_json_file,
+)
 from longrec.registry.bento_models import StoreError, create_model, find_model, list_stored_models
 
 logger = logging.getLogger(__name__)
 
-# Files of a trained model folder (written by longrec.train.run, completed by longrec.eval.compare).
-CHECKPOINT_FILE = "model.pt"
-MODEL_META_FILE = "model_meta.json"
-EVALUATION_FILE = "evaluation.json"
 
 HISTORY_FILE = "history.jsonl"
 # Tests set this to a point name to SIGKILL the process there ("after_intent", "after_pointer").
@@ -412,9 +415,7 @@ class ModelRegistry:
 
     @staticmethod
     def _read_json(path: Path) -> dict:
-        if not path.is_file():
-            raise RegistryError(f"missing {path}")
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise RegistryError(f"{path} is not valid JSON: {error}") from error
+            return read_json_file(path)
+        except ModelFolderError as error:
+            raise RegistryError(str(error)) from error

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from longrec.data.training_set import read_training_set, tensors_by_split
+from longrec.model_files import CHECKPOINT_FILE, MODEL_META_FILE
 from longrec.models.registry import build_model
-from longrec.registry.store import CHECKPOINT_FILE, MODEL_META_FILE
 from longrec.train.trainer import (
     TrainConfig,
     derive_seed,
