@@ -12,21 +12,29 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["format_summary", "nextitem_app", "run_nextitem_experiment"]
+__all__ = ["format_summary", "nextitem_app", "run_nextitem_experiment", "summary_table"]
 
 nextitem_app = typer.Typer(help="Next-item ranking (leave-one-out, full ranking) of RecBLR or SASRec.")
 
 METRIC_ORDER = ("hr@10", "ndcg@10", "mrr@10", "hr@20", "ndcg@20", "mrr@20")
 
 
-def format_summary(result: dict) -> str:
-    """A one-row markdown table of mean ± std test metrics."""
-    summary = result["test_summary"]
+def summary_table(results: list[dict]) -> str:
+    """A markdown table with one row of mean ± std test metrics per result (result.json contents)."""
     header = "| model | seeds | " + " | ".join(METRIC_ORDER) + " |"
     rule = "|" + "---|" * (len(METRIC_ORDER) + 2)
-    cells = [f"{summary[m]['mean']:.4f} ± {summary[m]['std']:.4f}" for m in METRIC_ORDER]
-    seeds = ",".join(str(run["seed"]) for run in result["runs"])
-    return "\n".join([header, rule, f"| {result['model']} | {seeds} | " + " | ".join(cells) + " |"])
+    rows = []
+    for result in results:
+        summary = result["test_summary"]
+        cells = [f"{summary[m]['mean']:.4f} ± {summary[m]['std']:.4f}" for m in METRIC_ORDER]
+        seeds = ",".join(str(run["seed"]) for run in result["runs"])
+        rows.append(f"| {result['model']} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def format_summary(result: dict) -> str:
+    """A one-row markdown table of mean ± std test metrics."""
+    return summary_table([result])
 
 
 def run_nextitem_experiment(
