@@ -31,7 +31,9 @@ def rollout_analyse(
     from longrec.rollout.decide import Rollout
     from longrec.rollout.operate import analyse_collected
 
-    payload = analyse_collected(Rollout(dataset, state_dir=state_dir or None), requests.path, step_inputs.path)
+    payload = analyse_collected(
+        Rollout(dataset, state_dir=state_dir or None), requests.path, step_inputs.path
+    )
     for arm, values in payload["analysis"]["arms"].items():
         metrics.log_metric(f"{arm}_impressions", values["impressions"])
         if values["ctr"] is not None:
@@ -45,5 +47,7 @@ def rollout_analyse(
     if html.is_file():
         shutil.copy(html, drift_report.path)
     else:
-        Path(drift_report.path).write_text(f"<p>No drift report: {drift['note'] if drift else 'no reference'}</p>")
+        Path(drift_report.path).write_text(
+            f"<p>No drift report: {drift['note'] if drift else 'no reference'}</p>"
+        )
     return bool(drift and drift["alert"])

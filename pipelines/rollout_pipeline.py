@@ -4,7 +4,6 @@ Compiled, it is an ordinary pipeline; `recurring_run_spec` wraps it into the bod
 recurring-run object (POST /apis/v2beta1/recurringruns), so the Kubeflow UI shows it under Recurring Runs
 with the cron schedule. `longrec rollout pipeline --output DIR --cron "0 */30 * * * *"` writes both."""
 
-
 from kfp import dsl
 
 from components.rollout_analyse import rollout_analyse
@@ -48,7 +47,11 @@ def rollout_pipeline(
 
 
 def recurring_run_spec(
-    pipeline_spec: dict, *, cron: str = DEFAULT_CRON, arguments: dict | None = None, name: str = "longrec-rollout"
+    pipeline_spec: dict,
+    *,
+    cron: str = DEFAULT_CRON,
+    arguments: dict | None = None,
+    name: str = "longrec-rollout",
 ) -> dict:
     """The KFP v2beta1 RecurringRun body for a compiled pipeline: the cron trigger, one run at a time, no
     catch-up of missed runs (a late step should not be replayed many times over)."""
@@ -84,7 +87,13 @@ def compile_rollout_pipeline(output_dir, *, cron: str = DEFAULT_CRON, arguments:
     compiler.Compiler().compile(rollout_pipeline, str(pipeline_path))
     documents = [d for d in yaml.safe_load_all(pipeline_path.read_text()) if d]
     # as KFP's own client sends it: the IR alone, or IR + platform spec when kfp-kubernetes added one
-    spec = documents[0] if len(documents) == 1 else {"pipeline_spec": documents[0], "platform_spec": documents[1]}
+    spec = (
+        documents[0]
+        if len(documents) == 1
+        else {"pipeline_spec": documents[0], "platform_spec": documents[1]}
+    )
     recurring_path = output_dir / "rollout-recurring-run.yaml"
-    recurring_path.write_text(yaml.safe_dump(recurring_run_spec(spec, cron=cron, arguments=arguments), sort_keys=False))
+    recurring_path.write_text(
+        yaml.safe_dump(recurring_run_spec(spec, cron=cron, arguments=arguments), sort_keys=False)
+    )
     return pipeline_path, recurring_path

@@ -37,7 +37,13 @@ def registry_with_models(root: Path, names=("din", "recblr")) -> tuple[object, l
 
 
 def log_synthetic_requests(
-    log: RequestLogger, experiment, n: int, ctr: dict, *, seed: int, latency_ms: dict | None = None,
+    log: RequestLogger,
+    experiment,
+    n: int,
+    ctr: dict,
+    *,
+    seed: int,
+    latency_ms: dict | None = None,
     error_rate: dict | None = None,
 ) -> None:
     """Log `n` requests of fresh users, assigned by the experiment's salt and traffic, clicked with
@@ -57,4 +63,6 @@ def log_synthetic_requests(
         )  # fmt: skip
         if not failed:
             clicked = rng.random() < ctr[arm]
-            log.log_feedback(request_id=request_id, target_item=1, position=1 if clicked else 0, clicked=clicked, top_k=3)
+            log.log_feedback(
+                request_id=request_id, target_item=1, position=1 if clicked else 0, clicked=clicked, top_k=3
+            )

@@ -26,7 +26,9 @@ class StubRanker:
         events = dataset.events.sort_values(["user_id", "timestamp"], kind="stable")
         self.user_times = {u: g.to_numpy() for u, g in events.groupby("user_id")["timestamp"]}
         cutoff = np.quantile(events["timestamp"], 0.8)
-        self.popularity = np.bincount(events.loc[events["timestamp"] < cutoff, "item_id"], minlength=dataset.n_items)
+        self.popularity = np.bincount(
+            events.loc[events["timestamp"] < cutoff, "item_id"], minlength=dataset.n_items
+        )
         self.hooks = RolloutHooks(dataset_key, state_dir, log_path, refresh_s=0)
         self.production_tag = production_tag
         self.scorers = scorers  # model tag -> "popularity" | "random"

@@ -15,7 +15,14 @@ runner = CliRunner()
 @pytest.fixture()
 def env(tmp_path):
     registry, tags = registry_with_models(tmp_path)
-    common = ["--dataset", DATASET, "--state-dir", str(tmp_path / "rollout"), "--registry", str(registry.root)]
+    common = [
+        "--dataset",
+        DATASET,
+        "--state-dir",
+        str(tmp_path / "rollout"),
+        "--registry",
+        str(registry.root),
+    ]
     return registry, tags, common, tmp_path / "rollout"
 
 
@@ -39,7 +46,10 @@ def _snapshot(registry, state_dir):
         (["promote"], "no running experiment"),
         (["rollback"], "no running experiment"),
         (["step", "--no-drift"], "no running experiment"),
-        (["start", "--candidate", "CANDIDATE", "--traffic", "150"], "traffic must be a percentage in [0, 100], got 150"),
+        (
+            ["start", "--candidate", "CANDIDATE", "--traffic", "150"],
+            "traffic must be a percentage in [0, 100], got 150",
+        ),
         (["start", "--candidate", "longrec-rollout-test-recblr:doesnotexist"], "is not in the registry"),
         (["start", "--candidate", "CONTROL"], "is the control model already"),
         (["start", "--candidate", "CANDIDATE", "--schedule", "50,25,100"], "strictly increasing"),

@@ -12,7 +12,7 @@ from rollout_helpers import DATASET, log_synthetic_requests, registry_with_model
 from longrec.rollout.assignment import CANDIDATE, CONTROL
 from longrec.rollout.decide import HOLD, PROMOTE, RAMP, ROLLBACK, Rollout
 from longrec.rollout.requestlog import RequestLogger
-from longrec.rollout.state import StatsConfig, RolloutError
+from longrec.rollout.state import RolloutError, StatsConfig
 
 FAST = StatsConfig(min_impressions_per_arm=100)
 
@@ -91,7 +91,6 @@ def test_sample_ratio_mismatch_blocks_decisions(rollout):
     assert rollout.registry.production(DATASET)["tag"] == rollout.tags[0]
 
 
-
 CRASHING_PROMOTE = textwrap.dedent(
     """
     import sys
@@ -127,7 +126,11 @@ def test_killed_promotion_recovers_to_a_consistent_state(rollout, tmp_path, cras
     actions = [row["action"] for row in rollout.store.audit(experiment.id)]
     assert actions == ["start", "promote_decided", "promote_completed"]
     assert rollout.store.audit(experiment.id)[-1]["actor"] == "rollout-recovery"
-    promotions = [e for e in rollout.registry.history(DATASET) if e.get("tag") == candidate and e.get("event") == "promote"]
+    promotions = [
+        e
+        for e in rollout.registry.history(DATASET)
+        if e.get("tag") == candidate and e.get("event") == "promote"
+    ]
     assert len(promotions) == 1
 
 

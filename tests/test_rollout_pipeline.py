@@ -30,12 +30,16 @@ def test_rollout_pipeline_compiles(tmp_path):
     assert set(tasks) == {"rollout-collect", "rollout-analyse", "rollout-decide"}
     assert tasks["rollout-analyse"]["dependentTasks"] == ["rollout-collect"]
     assert tasks["rollout-decide"]["dependentTasks"] == ["rollout-analyse"]
-    assert all(task["cachingOptions"] == {} or not task["cachingOptions"].get("enableCache") for task in tasks.values())
+    assert all(
+        task["cachingOptions"] == {} or not task["cachingOptions"].get("enableCache")
+        for task in tasks.values()
+    )
 
 
 def test_recurring_run_spec_from_the_cli(tmp_path):
     result = CliRunner().invoke(
-        rollout_app, ["pipeline", "--output", str(tmp_path), "--cron", "0 0 * * * *", "--replay-requests", "500"]
+        rollout_app,
+        ["pipeline", "--output", str(tmp_path), "--cron", "0 0 * * * *", "--replay-requests", "500"],
     )
     assert result.exit_code == 0, result.output
     recurring = yaml.safe_load((tmp_path / "rollout-recurring-run.yaml").read_text())
@@ -43,7 +47,9 @@ def test_recurring_run_spec_from_the_cli(tmp_path):
     assert recurring["max_concurrency"] == "1" and recurring["no_catchup"] and recurring["mode"] == "ENABLE"
     assert recurring["pipeline_spec"]["pipelineInfo"]["name"] == "longrec-rollout"
     assert recurring["runtime_config"]["parameters"]["replay_requests"] == 500
-    bad = CliRunner().invoke(rollout_app, ["pipeline", "--output", str(tmp_path / "x"), "--cron", "* * * * *"])
+    bad = CliRunner().invoke(
+        rollout_app, ["pipeline", "--output", str(tmp_path / "x"), "--cron", "* * * * *"]
+    )
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and not (tmp_path / "x").exists()
 
 
@@ -61,7 +67,9 @@ def test_components_take_one_step(tmp_path):
     state = tmp_path / "rollout"
     rollout = Rollout(DATASET, state_dir=state, registry=registry, actor="t")
     experiment = rollout.start(candidate, traffic=25, test=StatsConfig(min_impressions_per_arm=100))
-    log_synthetic_requests(RequestLogger(rollout.request_log), experiment, 2000, {CONTROL: 0.2, CANDIDATE: 0.2}, seed=0)
+    log_synthetic_requests(
+        RequestLogger(rollout.request_log), experiment, 2000, {CONTROL: 0.2, CANDIDATE: 0.2}, seed=0
+    )
 
     requests = _Out(tmp_path / "requests.parquet")
     assert rollout_collect.python_func(DATASET, str(state), "", 0, requests) == 2000
@@ -78,7 +86,10 @@ def test_components_take_one_step(tmp_path):
     with pytest.raises(RolloutError, match="collect and analyse again"):
         rollout_decide.python_func(DATASET, str(state), str(registry.root), step_inputs, decision)
     assert rollout.store.get(experiment.id).traffic == 50
-    assert json.loads((tmp_path / "step" / "step_inputs.json").read_text())["analysis"]["experiment_id"] == experiment.id
+    assert (
+        json.loads((tmp_path / "step" / "step_inputs.json").read_text())["analysis"]["experiment_id"]
+        == experiment.id
+    )
 
 
 def test_rollout_pipeline_runs_locally(tmp_path):
@@ -88,7 +99,9 @@ def test_rollout_pipeline_runs_locally(tmp_path):
     state = tmp_path / "rollout"
     rollout = Rollout(DATASET, state_dir=state, registry=registry, actor="t")
     experiment = rollout.start(candidate, traffic=50, test=StatsConfig(min_impressions_per_arm=100))
-    log_synthetic_requests(RequestLogger(rollout.request_log), experiment, 3000, {CONTROL: 0.2, CANDIDATE: 0.3}, seed=1)
+    log_synthetic_requests(
+        RequestLogger(rollout.request_log), experiment, 3000, {CONTROL: 0.2, CANDIDATE: 0.3}, seed=1
+    )
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     rollout_pipeline(dataset=DATASET, state_dir=str(state), registry_dir=str(registry.root))
     assert rollout.store.get(experiment.id).status == "promoted"

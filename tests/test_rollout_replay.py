@@ -76,7 +76,9 @@ def test_replay_logs_every_request_and_click(setup, tmp_path):
     assert frame["clicked"].notna().all() and int(frame["clicked"].sum()) == summary.clicks
     assert (frame["history_length"] <= 50).all() and frame["latency_ms"].gt(0).all()
     # a service that is down: every request is logged as an error, nothing crashes
-    down = replay("http://127.0.0.1:9", requests[:5], log, experiment_id=experiment.id, progress=False, timeout_s=1)
+    down = replay(
+        "http://127.0.0.1:9", requests[:5], log, experiment_id=experiment.id, progress=False, timeout_s=1
+    )
     assert down.errors == 5
     assert (read_requests(rollout.request_log, experiment.id)["status"] == "error").sum() == 5
 

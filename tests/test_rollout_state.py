@@ -32,7 +32,11 @@ def test_buckets_are_sticky_across_restarts(tmp_path):
     reopened = Assigner("d", tmp_path)
     for user, assignment in before.items():
         again = reopened.assign(user)
-        assert (again.arm, again.bucket, again.model_tag) == (assignment.arm, assignment.bucket, assignment.model_tag)
+        assert (again.arm, again.bucket, again.model_tag) == (
+            assignment.arm,
+            assignment.bucket,
+            assignment.model_tag,
+        )
     assert assignment.experiment_id == experiment.id
     share = np.mean([a.arm == CANDIDATE for a in before.values()])
     assert 0.2 < share < 0.3
@@ -68,7 +72,9 @@ def test_assigner_sees_ramp_and_rollback(tmp_path):
 def test_audit_log_is_append_only_and_records_every_change(tmp_path):
     store = ExperimentStore(tmp_path)
     experiment = store.create(dataset="d", control_tag="a", candidate_tag="b", traffic=5, actor="alice")
-    experiment = store.transition(experiment, action="ramp", actor="bob", reason="guardrails hold", traffic=25)
+    experiment = store.transition(
+        experiment, action="ramp", actor="bob", reason="guardrails hold", traffic=25
+    )
     rows = store.audit(experiment.id)
     assert [(r["action"], r["actor"], r["traffic_before"], r["traffic_after"]) for r in rows] == [
         ("start", "alice", None, 5.0),
@@ -86,7 +92,9 @@ def test_state_rejects_bad_input_and_stale_writers(tmp_path):
     with pytest.raises(RolloutError, match="percentage"):
         store.create(dataset="d", control_tag="a", candidate_tag="b", traffic=150, actor="t")
     with pytest.raises(RolloutError, match="schedule"):
-        store.create(dataset="d", control_tag="a", candidate_tag="b", traffic=5, schedule=(50, 25, 100), actor="t")
+        store.create(
+            dataset="d", control_tag="a", candidate_tag="b", traffic=5, schedule=(50, 25, 100), actor="t"
+        )
     experiment = store.create(dataset="d", control_tag="a", candidate_tag="b", traffic=5, actor="t")
     with pytest.raises(RolloutError, match="already running"):
         store.create(dataset="d", control_tag="a", candidate_tag="c", traffic=5, actor="t")
@@ -105,14 +113,28 @@ def test_request_log_survives_restarts_and_ignores_duplicates(tmp_path):
             latency_ms=12.5, experiment_id=1, flags={"degraded": True}, history_length=50, recency_s=3600.0)  # fmt: skip
     log.close()
     log = RequestLogger(path)  # a restarted service
-    log.log(request_id="r1", user_id=8, arm="control", model_tag="x", items=[], scores=[], latency_ms=1, experiment_id=1)
+    log.log(
+        request_id="r1",
+        user_id=8,
+        arm="control",
+        model_tag="x",
+        items=[],
+        scores=[],
+        latency_ms=1,
+        experiment_id=1,
+    )
     log.log(request_id="r2", user_id=9, arm="control", model_tag="m:0", items=[1], scores=[0.5], latency_ms=3,
             experiment_id=1)  # fmt: skip
     log.log_feedback(request_id="r1", target_item=3, position=1, clicked=True, top_k=2)
     frame = read_requests(path, experiment_id=1)
     assert list(frame["request_id"]) == ["r1", "r2"]
     first = frame.iloc[0]
-    assert (first["user_id"], first["arm"], first["items"], first["flags"]) == ("7", "candidate", [3, 1], {"degraded": True})
+    assert (first["user_id"], first["arm"], first["items"], first["flags"]) == (
+        "7",
+        "candidate",
+        [3, 1],
+        {"degraded": True},
+    )
     assert (first["clicked"], first["position"]) == (1, 1)
     assert np.isnan(frame.iloc[1]["clicked"])
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):

@@ -57,7 +57,9 @@ def test_msprt_lambda_hand_value():
     # theta = 0.1, V = 0.25*... computed by hand: p_a = 0.4, p_b = 0.5, n = 100 each
     variance = 0.4 * 0.6 / 100 + 0.5 * 0.5 / 100
     tau2 = 0.05**2
-    expected = np.sqrt(variance / (variance + tau2)) * np.exp(0.01 * tau2 / (2 * variance * (variance + tau2)))
+    expected = np.sqrt(variance / (variance + tau2)) * np.exp(
+        0.01 * tau2 / (2 * variance * (variance + tau2))
+    )
     assert msprt_lambda(40, 100, 50, 100, 0.05) == pytest.approx(expected)
 
 
@@ -107,4 +109,6 @@ def test_user_level_variance_keeps_a_clustered_aa_test_honest():
     assert (np.array(user_level) <= ALPHA).mean() <= ALPHA + 0.02
     # with one impression per user the two agree
     single = rng.binomial(1, 0.3, size=1000)
-    assert ratio_variance(single, np.ones(1000)) == pytest.approx(single.mean() * (1 - single.mean()) / 999, rel=1e-9)
+    assert ratio_variance(single, np.ones(1000)) == pytest.approx(
+        single.mean() * (1 - single.mean()) / 999, rel=1e-9
+    )

@@ -16,7 +16,13 @@ import pandas as pd
 
 from longrec.rollout.assignment import CANDIDATE, CONTROL
 from longrec.rollout.state import Experiment
-from longrec.rollout.stats import compare_rates, msprt_lambda_from, rate_ratio_upper, ratio_variance, srm_check
+from longrec.rollout.stats import (
+    compare_rates,
+    msprt_lambda_from,
+    rate_ratio_upper,
+    ratio_variance,
+    srm_check,
+)
 
 ARMS = (CONTROL, CANDIDATE)
 # Guardrails on latency and errors need this many candidate requests before they can fire.
@@ -94,7 +100,16 @@ def sequential_curve(frame: pd.DataFrame, mixture_sd: float) -> pd.DataFrame:
     ts, control_n, candidate_n, difference, variance, lambda, always_valid_p. The variance is over users
     (`ratio_variance`); the always-valid p is the running minimum over the looks."""
     shown = _shown(frame)
-    columns = ["impressions", "ts", "control_n", "candidate_n", "difference", "variance", "lambda", "always_valid_p"]
+    columns = [
+        "impressions",
+        "ts",
+        "control_n",
+        "candidate_n",
+        "difference",
+        "variance",
+        "lambda",
+        "always_valid_p",
+    ]
     if shown.empty:
         return pd.DataFrame(columns=columns)
     looks = np.unique(np.r_[np.arange(LOOK_EVERY, len(shown) + 1, LOOK_EVERY), len(shown)])
@@ -198,7 +213,9 @@ def _arm_variances(requests: pd.DataFrame) -> tuple[float, float]:
     return tuple(ratio_variance(*users[arm]) if arm in users else float("inf") for arm in ARMS)
 
 
-def check_guardrails(experiment: Experiment, arms: dict, variances: tuple[float, float] | None = None) -> list[dict]:
+def check_guardrails(
+    experiment: Experiment, arms: dict, variances: tuple[float, float] | None = None
+) -> list[dict]:
     """Each guardrail with its value and whether the candidate breaks it (only once there is enough data)."""
     limits = experiment.guardrails
     a, b = arms[CONTROL], arms[CANDIDATE]
@@ -221,7 +238,9 @@ def check_guardrails(experiment: Experiment, arms: dict, variances: tuple[float,
     breached = False
     if a["impressions"] and b["impressions"] and a["clicks"]:
         ratio = b["ctr"] / a["ctr"]
-        upper = rate_ratio_upper(a["clicks"], a["impressions"], b["clicks"], b["impressions"], variances=variances)
+        upper = rate_ratio_upper(
+            a["clicks"], a["impressions"], b["clicks"], b["impressions"], variances=variances
+        )
         # Both the estimate and its upper 95 % bound under the limit: a clear loss, not noise.
         breached = bool(
             b["impressions"] >= experiment.test.min_impressions_per_arm and upper < limits.min_ctr_ratio

@@ -12,9 +12,13 @@ import typer
 
 from longrec.rollout.state import DEFAULT_SCHEDULE, Guardrails, RolloutError, StatsConfig
 
-rollout_app = typer.Typer(no_args_is_help=True, help="A/B rollout of a candidate model: ramp, promote, roll back.")
+rollout_app = typer.Typer(
+    no_args_is_help=True, help="A/B rollout of a candidate model: ramp, promote, roll back."
+)
 
-DatasetOpt = typer.Option("ml-100k", "--dataset", help="Registry track (dataset name) the experiment runs on.")
+DatasetOpt = typer.Option(
+    "ml-100k", "--dataset", help="Registry track (dataset name) the experiment runs on."
+)
 StateOpt = typer.Option(None, "--state-dir", help="Rollout state folder (default $LONGREC_HOME/rollout).")
 RegistryOpt = typer.Option(None, "--registry", help="Registry root (default $LONGREC_HOME/registry).")
 
@@ -120,7 +124,9 @@ def status(
     if as_json:
         analysis = rollout.analyse(experiment).to_dict()
         analysis.pop("curve")
-        typer.echo(json.dumps({"experiment": experiment.summary(), "analysis": analysis}, indent=2, default=float))
+        typer.echo(
+            json.dumps({"experiment": experiment.summary(), "analysis": analysis}, indent=2, default=float)
+        )
         return
     typer.echo("\n".join(_status_lines(rollout, experiment)))
 
@@ -203,7 +209,9 @@ def replay(
     except (RolloutError, DatasetError) as error:
         _fail(str(error))
     for number, item in enumerate(run.steps, 1):
-        arms = ", ".join(f"{arm} {v['requests']} req / {v['clicks']} clicks" for arm, v in item["replay"]["by_arm"].items())
+        arms = ", ".join(
+            f"{arm} {v['requests']} req / {v['clicks']} clicks" for arm, v in item["replay"]["by_arm"].items()
+        )
         typer.echo(
             f"step {number} at {item['traffic']:g} %: {arms}; drift {'ALERT' if item['drift_alert'] else 'ok'}; "
             f"{item['decision']['action']}: {item['decision']['reason']}"

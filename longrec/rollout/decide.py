@@ -89,13 +89,17 @@ def decide(experiment: Experiment, analysis: Analysis, drift: dict | None = None
     if drift and drift.get("alert"):
         drifted = ", ".join(name for name, column in drift["columns"].items() if column["drifted"])
         # Broken inputs reach both arms: no evidence for either model, so no more exposure either.
-        return Decision(HOLD, f"drift alert on served inputs ({drifted}): holding until the features are fixed", current)
+        return Decision(
+            HOLD, f"drift alert on served inputs ({drifted}): holding until the features are fixed", current
+        )
     minimum = experiment.test.min_impressions_per_arm
     stage = analysis.stage_arms
     short = [arm for arm in (CONTROL, CANDIDATE) if stage[arm]["impressions"] < minimum]
     if short:
         counts = ", ".join(f"{arm} {stage[arm]['impressions']}" for arm in (CONTROL, CANDIDATE))
-        return Decision(HOLD, f"collecting: {counts} impressions in this stage, need {minimum} per arm", current)
+        return Decision(
+            HOLD, f"collecting: {counts} impressions in this stage, need {minimum} per arm", current
+        )
     following = experiment.next_traffic()
     if following is not None and following < 100:
         return Decision(RAMP, f"guardrails hold at {current:g} %: ramping to {following:g} %", following)
@@ -107,7 +111,11 @@ def decide(experiment: Experiment, analysis: Analysis, drift: dict | None = None
             100.0,
         )
     p_value = comparison["always_valid_p"] if comparison else 1.0
-    return Decision(HOLD, f"no significant difference yet (always-valid p={p_value:.3g}); holding at {current:g} %", current)
+    return Decision(
+        HOLD,
+        f"no significant difference yet (always-valid p={p_value:.3g}); holding at {current:g} %",
+        current,
+    )
 
 
 class Rollout:
@@ -126,7 +134,9 @@ class Rollout:
 
         self.dataset = dataset
         self.state_dir = Path(state_dir) if state_dir else default_rollout_dir()
-        self.request_log = Path(request_log) if request_log else self.state_dir / default_request_log_path().name
+        self.request_log = (
+            Path(request_log) if request_log else self.state_dir / default_request_log_path().name
+        )
         self._store: ExperimentStore | None = None  # opened (and created) on first use
         self._registry = registry
         self.actor = actor or default_actor()
@@ -163,7 +173,9 @@ class Rollout:
     def require_active(self) -> Experiment:
         experiment = self.store.active(self.dataset) if self._has_state() else None
         if experiment is None:
-            raise RolloutError(f"no running experiment on {self.dataset}: start one with `longrec rollout start`")
+            raise RolloutError(
+                f"no running experiment on {self.dataset}: start one with `longrec rollout start`"
+            )
         return experiment
 
     def analyse(self, experiment: Experiment | None = None) -> Analysis:
@@ -200,7 +212,9 @@ class Rollout:
         production = pointer["tag"] if pointer else None
         control = control or production
         if control is None:
-            raise RolloutError(f"{self.dataset} has no production model to compare against; pass --control TAG")
+            raise RolloutError(
+                f"{self.dataset} has no production model to compare against; pass --control TAG"
+            )
         if control != production:
             # The promotion's compare-and-swap expects the pointer where it was at start.
             logger.warning("control %s is not production (%s)", control, production)
@@ -236,7 +250,9 @@ class Rollout:
             "artifacts": artifacts or {},
         }
         if decision.action == HOLD:
-            self.store.note(experiment, action="hold", actor=self.actor, reason=decision.reason, inputs=inputs)
+            self.store.note(
+                experiment, action="hold", actor=self.actor, reason=decision.reason, inputs=inputs
+            )
         elif decision.action == RAMP:
             self.store.transition(
                 experiment, action="ramp", actor=self.actor, reason=decision.reason, inputs=inputs,

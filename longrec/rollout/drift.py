@@ -103,7 +103,12 @@ def _value_drift(snapshot: dict) -> dict:
         method, value, threshold = config.get("method", ""), metric["value"], config.get("threshold")
         # p-value methods drift below the threshold, distance methods at or above it
         drifted = value < threshold if "p_value" in method else value >= threshold
-        columns[config["column"]] = {"method": method, "value": value, "threshold": threshold, "drifted": bool(drifted)}
+        columns[config["column"]] = {
+            "method": method,
+            "value": value,
+            "threshold": threshold,
+            "drifted": bool(drifted),
+        }
     return columns
 
 
@@ -131,7 +136,11 @@ def drift_reports(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     serving = serving_frame(requests, popularity)
-    inputs = [c for c in INPUT_COLUMNS if serving[c].notna().sum() >= min_rows and reference[c].notna().sum() >= min_rows]
+    inputs = [
+        c
+        for c in INPUT_COLUMNS
+        if serving[c].notna().sum() >= min_rows and reference[c].notna().sum() >= min_rows
+    ]
     result = DriftResult(alert=False, columns={}, rows=len(serving), reference_rows=len(reference))
     if not inputs:
         result.note = f"too few served requests with logged inputs (need {min_rows}); no drift report"
@@ -143,12 +152,19 @@ def drift_reports(
     result.alert = any(column["drifted"] for column in result.columns.values())
     result.html, result.json = str(out_dir / "drift.html"), str(out_dir / "drift.json")
     control, candidate = serving[serving["arm"] == CONTROL], serving[serving["arm"] == CANDIDATE]
-    outputs = [c for c in OUTPUT_COLUMNS if control[c].notna().sum() >= min_rows and candidate[c].notna().sum() >= min_rows]
+    outputs = [
+        c
+        for c in OUTPUT_COLUMNS
+        if control[c].notna().sum() >= min_rows and candidate[c].notna().sum() >= min_rows
+    ]
     if outputs:
         # "drift" of the candidate's outputs from control's: how differently the two models serve
         quality = _run(outputs, candidate, control)
         quality.save_html(str(out_dir / "quality.html"))
         (out_dir / "quality.json").write_text(quality.json())
-        result.quality_html, result.quality_json = str(out_dir / "quality.html"), str(out_dir / "quality.json")
+        result.quality_html, result.quality_json = (
+            str(out_dir / "quality.html"),
+            str(out_dir / "quality.json"),
+        )
     (out_dir / "drift_summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     return result

@@ -74,7 +74,11 @@ def step_with_reports(
     experiment = rollout.require_active()
     if drift and reference is None:
         reference = load_reference(rollout, experiment, dataset_source)
-    done = sum(1 for row in rollout.store.audit(experiment.id) if row["action"] in ("hold", "ramp", "rollback", "promote_decided"))
+    done = sum(
+        1
+        for row in rollout.store.audit(experiment.id)
+        if row["action"] in ("hold", "ramp", "rollback", "promote_decided")
+    )
     folder = experiment_dir(rollout, experiment) / f"step-{done + 1:03d}"
     folder.mkdir(parents=True, exist_ok=True)
     requests = read_requests(rollout.request_log, experiment.id)
@@ -87,7 +91,9 @@ def step_with_reports(
         summary = drift_reports(stage, reference[0], folder, popularity=reference[1]).to_dict()
     artifacts = {"folder": str(folder), "analysis": str(folder / "analysis.json")}
     if summary:
-        artifacts.update({k: summary[k] for k in ("html", "json", "quality_html", "quality_json") if summary.get(k)})
+        artifacts.update(
+            {k: summary[k] for k in ("html", "json", "quality_html", "quality_json") if summary.get(k)}
+        )
     decision, analysis = rollout.step(analysis=analysis, drift=summary, artifacts=artifacts)
     (folder / "decision.json").write_text(json.dumps(decision.to_dict(), indent=2))
     logger.info("step %s: %s (%s)", folder.name, decision.action, decision.reason)
@@ -181,7 +187,15 @@ def collect(
         batch = [requests[(offset + i) % len(requests)] for i in range(replay_count)]
         log = RequestLogger(rollout.request_log)
         try:
-            replay(base_url, batch, log, top_k=top_k, experiment_id=experiment.id, seed=seed + offset, progress=False)
+            replay(
+                base_url,
+                batch,
+                log,
+                top_k=top_k,
+                experiment_id=experiment.id,
+                seed=seed + offset,
+                progress=False,
+            )
         finally:
             log.close()
     frame = read_requests(rollout.request_log, experiment.id)
@@ -231,13 +245,18 @@ def decide_collected(rollout: Rollout, step_inputs_path: str | Path) -> Decision
 
     payload = json.loads(Path(step_inputs_path).read_text())
     experiment = rollout.require_active()
-    if payload["analysis"]["experiment_id"] != experiment.id or payload["updated_at"] != experiment.updated_at:
+    if (
+        payload["analysis"]["experiment_id"] != experiment.id
+        or payload["updated_at"] != experiment.updated_at
+    ):
         raise RolloutError(
             f"the analysis is of experiment {payload['analysis']['experiment_id']} as it was before its last "
             "change; collect and analyse again"
         )
     analysis = Analysis.from_dict(payload["analysis"])
     drift = payload["drift"]
-    artifacts = {k: drift[k] for k in ("html", "json", "quality_html", "quality_json") if drift and drift.get(k)}
+    artifacts = {
+        k: drift[k] for k in ("html", "json", "quality_html", "quality_json") if drift and drift.get(k)
+    }
     decision, _ = rollout.step(analysis=analysis, drift=drift, artifacts=artifacts)
     return decision

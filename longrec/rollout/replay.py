@@ -222,4 +222,10 @@ def _replay_one(client, request: ReplayRequest, log, top_k, click_model, experim
         clicked = position > 0 and rng.random() < 1.0 / np.log2(position + 1)
     summary.clicks += int(clicked)
     by_arm["clicks"] += int(clicked)
-    log.log_feedback(request_id=request_id, target_item=request.target_item, position=position, clicked=clicked, top_k=top_k)
+    log.log_feedback(
+        request_id=request_id,
+        target_item=request.target_item,
+        position=position,
+        clicked=clicked,
+        top_k=top_k,
+    )

@@ -32,7 +32,9 @@ def _fmt(value, digits: int = 4) -> str:
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     head = "".join(f"<th class='l'>{h}</th>" if i < left else f"<th>{h}</th>" for i, h in enumerate(header))
     body = "".join(
-        "<tr>" + "".join(f"<td class='l'>{c}</td>" if i < left else f"<td>{c}</td>" for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(f"<td class='l'>{c}</td>" if i < left else f"<td>{c}</td>" for i, c in enumerate(row))
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -102,8 +104,23 @@ def render(experiment: Experiment, analysis: Analysis, audit: list[dict], link_b
                      _fmt(m["ndcg_at_k"]), _fmt(m["latency_p50_ms"], 1), _fmt(m["latency_p99_ms"], 1),
                      _fmt(m["error_rate"]), _fmt(m["degraded_rate"])])  # fmt: skip
     parts.append(
-        _table(["arm", "users", "requests", "impressions", "clicks", "CTR", "HR@k", "NDCG@k", "p50 ms", "p99 ms",
-                "error rate", "degraded rate"], rows)  # fmt: skip
+        _table(
+            [
+                "arm",
+                "users",
+                "requests",
+                "impressions",
+                "clicks",
+                "CTR",
+                "HR@k",
+                "NDCG@k",
+                "p50 ms",
+                "p99 ms",
+                "error rate",
+                "degraded rate",
+            ],
+            rows,
+        )  # fmt: skip
     )
     parts.append("<h2>Uplift and the sequential test</h2>")
     c = analysis.comparison
@@ -135,9 +152,15 @@ def render(experiment: Experiment, analysis: Analysis, audit: list[dict], link_b
         "<h2>Guardrails (candidate)</h2>",
         _table(
             ["guardrail", "value", "limit", "status"],
-            [[g["name"], _fmt(g["value"]), html.escape(g["limit"]),
-              "<span class='bad'>BREACHED</span>" if g["breached"] else "<span class='ok'>ok</span>"]
-             for g in analysis.guardrails],
+            [
+                [
+                    g["name"],
+                    _fmt(g["value"]),
+                    html.escape(g["limit"]),
+                    "<span class='bad'>BREACHED</span>" if g["breached"] else "<span class='ok'>ok</span>",
+                ]
+                for g in analysis.guardrails
+            ],
         ),  # fmt: skip
         "<h2>Drift of served inputs, per step</h2>",
     ]
@@ -155,15 +178,31 @@ def render(experiment: Experiment, analysis: Analysis, audit: list[dict], link_b
                            html.escape(columns), link(drift.get("html"), "drift"),
                            link(drift.get("quality_html"), "per-arm quality")])  # fmt: skip
     parts.append(
-        _table(["step", "traffic", "alert", "columns (vs the training reference)", "Evidently", "Evidently"], drift_rows, left=4)
-        if drift_rows else "<p>No drift reports yet (steps run with drift reports write them).</p>"
+        _table(
+            ["step", "traffic", "alert", "columns (vs the training reference)", "Evidently", "Evidently"],
+            drift_rows,
+            left=4,
+        )
+        if drift_rows
+        else "<p>No drift reports yet (steps run with drift reports write them).</p>"
     )
     parts.append("<h2>Decision history (audit log)</h2>")
     history = []
     for row in audit:
         before = "" if row["traffic_before"] is None else f"{row['traffic_before']:g}"
-        history.append([row["seq"], row["time"], html.escape(row["actor"]), row["action"],
-                        f"{before} → {row['traffic_after']:g} %", row["status_after"], html.escape(row["reason"])])  # fmt: skip
+        traffic = f"{before} → {row['traffic_after']:g} %"
+        reason = html.escape(row["reason"])
+        history.append(
+            [
+                row["seq"],
+                row["time"],
+                html.escape(row["actor"]),
+                row["action"],
+                traffic,
+                row["status_after"],
+                reason,
+            ]
+        )
     parts.append(_table(["#", "time", "actor", "action", "traffic", "status", "reason"], history, left=7))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -176,5 +215,7 @@ def write_report(rollout, experiment: Experiment, output: str | Path | None = No
     output = Path(output) if output else experiment_dir(rollout, experiment) / "report.html"
     output.parent.mkdir(parents=True, exist_ok=True)
     analysis = rollout.analyse(experiment)
-    output.write_text(render(experiment, analysis, rollout.store.audit(experiment.id), output.parent.resolve()))
+    output.write_text(
+        render(experiment, analysis, rollout.store.audit(experiment.id), output.parent.resolve())
+    )
     return output

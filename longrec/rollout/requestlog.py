@@ -105,14 +105,30 @@ class RequestLogger:
             source,
         )
         with self._lock:
-            self.db.execute("INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            self.db.execute(
+                "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
 
     def log_feedback(
-        self, *, request_id: str, target_item, position: int, clicked: bool, top_k: int, ts: float | None = None
+        self,
+        *,
+        request_id: str,
+        target_item,
+        position: int,
+        clicked: bool,
+        top_k: int,
+        ts: float | None = None,
     ) -> None:
         """Append what the user did with a response: the true item's 1-based position in the top-k (0 when
         not shown) and whether they clicked it."""
-        row = (str(request_id), time.time() if ts is None else ts, str(target_item), int(position), int(clicked), top_k)
+        row = (
+            str(request_id),
+            time.time() if ts is None else ts,
+            str(target_item),
+            int(position),
+            int(clicked),
+            top_k,
+        )
         with self._lock:
             self.db.execute("INSERT OR IGNORE INTO feedback VALUES (?, ?, ?, ?, ?, ?)", row)
 
@@ -125,7 +141,9 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def read_requests(path: str | Path, experiment_id: int | None = None, since: float | None = None) -> pd.DataFrame:
+def read_requests(
+    path: str | Path, experiment_id: int | None = None, since: float | None = None
+) -> pd.DataFrame:
     """Requests joined with their feedback, oldest first; one row per request.
 
     Columns: request_id, experiment_id, ts, user_id, arm, model_tag, items, scores (lists), latency_ms, status,

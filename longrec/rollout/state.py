@@ -247,7 +247,9 @@ class ExperimentStore:
         traffic = validate_traffic(traffic)
         schedule = validate_schedule(schedule)
         if traffic >= 100:
-            raise RolloutError("an experiment cannot start at 100 %: that is a promotion (`longrec rollout promote`)")
+            raise RolloutError(
+                "an experiment cannot start at 100 %: that is a promotion (`longrec rollout promote`)"
+            )
         guardrails, test = guardrails or Guardrails(), test or StatsConfig()
         now = time.time()
         salt = salt or os.urandom(8).hex()
@@ -322,7 +324,14 @@ class ExperimentStore:
             if cursor.rowcount != 1:
                 raise RolloutError(f"experiment {experiment.id} changed while this command ran; run it again")
             self._append_audit(
-                experiment.id, actor, action, experiment.traffic, new_traffic, new_status, reason, inputs or {}
+                experiment.id,
+                actor,
+                action,
+                experiment.traffic,
+                new_traffic,
+                new_status,
+                reason,
+                inputs or {},
             )
         return self.get(experiment.id)
 
@@ -338,7 +347,17 @@ class ExperimentStore:
         self.db.execute(
             "INSERT INTO audit (experiment_id, ts, actor, action, traffic_before, traffic_after, status_after,"
             " reason, inputs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (experiment_id, time.time(), actor, action, before, after, status, reason, json.dumps(inputs, default=str)),
+            (
+                experiment_id,
+                time.time(),
+                actor,
+                action,
+                before,
+                after,
+                status,
+                reason,
+                json.dumps(inputs, default=str),
+            ),
         )
 
     def _transaction(self):

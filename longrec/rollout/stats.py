@@ -66,7 +66,9 @@ def confidence_sequence_halfwidth(variance, mixture_sd: float, alpha: float):
     variance = np.asarray(variance, float)
     finite = np.isfinite(variance)
     variance = np.where(finite, np.maximum(variance, 1e-12), 1.0)
-    half = np.sqrt(variance * (variance + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((variance + tau2) / variance)))
+    half = np.sqrt(
+        variance * (variance + tau2) / tau2 * (2 * np.log(1 / alpha) + np.log((variance + tau2) / variance))
+    )
     return np.where(finite, half, np.inf)
 
 
@@ -104,7 +106,9 @@ def srm_check(n_control: int, n_candidate: int, candidate_share: float, alpha: f
         return SrmResult(n_control, n_candidate, candidate_share, 0.0, 1.0, False)
     expected = np.array([1 - candidate_share, candidate_share]) * total
     chi2, p_value = stats.chisquare([n_control, n_candidate], f_exp=expected)
-    return SrmResult(n_control, n_candidate, candidate_share, float(chi2), float(p_value), bool(p_value < alpha))
+    return SrmResult(
+        n_control, n_candidate, candidate_share, float(chi2), float(p_value), bool(p_value < alpha)
+    )
 
 
 @dataclass(frozen=True)
@@ -131,14 +135,23 @@ class Comparison:
 
 
 def compare_rates(
-    clicks_a: int, n_a: int, clicks_b: int, n_b: int, *, alpha: float, mixture_sd: float, previous_p: float = 1.0,
+    clicks_a: int,
+    n_a: int,
+    clicks_b: int,
+    n_b: int,
+    *,
+    alpha: float,
+    mixture_sd: float,
+    previous_p: float = 1.0,
     variances: tuple[float, float] | None = None,
 ) -> Comparison:
     """Compare candidate (b) to control (a). `previous_p` is the always-valid p of earlier looks (it only
     falls). `variances` of the two rates replace the binomial ones (e.g. `ratio_variance` over users)."""
     variance, p_a, p_b = _variance(float(clicks_a), n_a, float(clicks_b), n_b)
     variance, p_a, p_b = float(variance), float(p_a), float(p_b)
-    var_a, var_b = variances if variances is not None else (p_a * (1 - p_a) / max(n_a, 1), p_b * (1 - p_b) / max(n_b, 1))
+    var_a, var_b = (
+        variances if variances is not None else (p_a * (1 - p_a) / max(n_a, 1), p_b * (1 - p_b) / max(n_b, 1))
+    )
     if variances is not None:
         variance = var_a + var_b
     difference = p_b - p_a
@@ -170,7 +183,11 @@ def compare_rates(
 
 
 def rate_ratio_upper(
-    clicks_a: int, n_a: int, clicks_b: int, n_b: int, z: float = 1.959964,
+    clicks_a: int,
+    n_a: int,
+    clicks_b: int,
+    n_b: int,
+    z: float = 1.959964,
     variances: tuple[float, float] | None = None,
 ) -> float:
     """Upper bound of the 95 % interval of p_b / p_a (log-ratio delta method); inf when undefined.
