@@ -312,3 +312,49 @@ def test_multi_hop_relevance_is_learned_better_with_three_reads() -> None:
         )
         aucs[iterations] = evaluate_model(model, test)["auc"]
     assert aucs[3] > aucs[1] + 0.01, aucs
+
+
+def test_golden_value_one_item_history() -> None:
+    """d = 1, N = 1 read, no enhancement, sigmoid units, hand-set weights; history e = 1, target v = 0.5.
+
+    Attention: m⁰ = v = 0.5; features [e − m, e − v, e·m, e·v] = [0.5, 0.5, 0.5, 0.5]; hidden
+    σ(1·0.5 − 0.5) = 0.5; weight a = σ(2·0.5 − 1) = 0.5; pooled c = a·e = 0.5.
+    GRU (only W_in = 2): r = z = σ(0) = 0.5, n = tanh(2·0.5) = tanh 1 = 0.7615941560,
+    m¹ = (1 − z)·n + z·m⁰ = 0.5·0.7615941560 + 0.25 = 0.6307970780.
+    Head on [m¹, v, m¹·v]: h = σ(m¹) = 0.6526701752, logit = 4·h − 1 = 1.6106807009.
+    """
+    spec = FeatureSpec(n_users=2, n_items=3, max_history_length=3)
+    config = IMNConfig(
+        embedding_dim=1,
+        iterations=1,
+        attention_hidden=1,
+        memory_enhancement=False,
+        use_time_buckets=False,
+        use_positions=False,
+        head_hidden=(1,),
+        head_activation="sigmoid",
+        use_side_features=False,
+    )
+    model = IMN(spec, config).eval()
+    with torch.no_grad():
+        model.item_embedding.weight.copy_(torch.tensor([[0.0], [1.0], [0.5]]))
+        model.attention.input_layer.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+        model.attention.input_layer.bias.fill_(-0.5)
+        model.attention.output_layer.weight.fill_(2.0)
+        model.attention.output_layer.bias.fill_(-1.0)
+        for parameter in model.memory_cell.parameters():
+            parameter.zero_()
+        model.memory_cell.weight_ih[2, 0] = 2.0  # gates in (r, z, n) order
+        model.head.linears[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+        model.head.linears[0].bias.zero_()
+        model.head.output.weight.fill_(4.0)
+        model.head.output.bias.fill_(-1.0)
+    batch = {
+        "user_id": torch.tensor([1]),
+        "target_item": torch.tensor([2]),
+        "label": torch.tensor([1.0]),
+        "history_items": torch.tensor([[1, 0, 0]]),
+        "history_time_buckets": torch.tensor([[3, 0, 0]]),
+        "history_mask": torch.tensor([[True, False, False]]),
+    }
+    assert model(batch).item() == pytest.approx(1.6106807009, abs=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import padding_helpers
 import pytest
 import torch
@@ -227,3 +229,60 @@ def test_memory_loss_is_masked_smooth_l1_against_the_documented_target() -> None
         projection = model.memory_target_projection
         assert not projection.requires_grad
         torch.testing.assert_close(projection @ projection.T, torch.eye(projection.shape[0]), atol=1e-5, rtol=0)
+
+
+def test_golden_value_one_item_history() -> None:
+    """d = 1, g(user) = user id embedding 1, 4 slots (r = 2), K = 2, d_k = 2, d_v = 1, sigmoid units.
+
+    Queries: row half = item embedding (target v = 0.5, history e = 1), column half = g = 1.
+    Row keys (1, −1), column keys (1, 0.25); values of slots 0..3: (2, −1, 10, 10).
+    Target read: grid scores s(0) = 0.5 + 1 = 1.5, s(1) = 0.5 + 0.25 = 0.75, s(2) = 0.5, s(3) = −0.25 →
+    slots 0 and 1, softmax weights σ(0.75) = 0.6791786992 and 0.3208213008, read = 2·0.6792 − 0.3208 =
+    1.0375360975. History read: s = (2, 1.25, 0, −0.75) → the same two slots, same gap, same read;
+    pooled (mean of one read) = 1.0375360975.
+    Head on [interest, v, interest·v, target read, pooled] with weights (0, 0, 0, 1, 0.5):
+    σ(1.5 · 1.0375360975) = σ(1.5563041463), logit = 4·σ − 1 = 2.3032895288.
+    """
+    spec = FeatureSpec(n_users=2, n_items=3, max_history_length=3)
+    model = build_model(
+        "lmn",
+        spec,
+        {
+            "embedding_dim": 1,
+            "attention_hidden": (1,),
+            "head_hidden": (1,),
+            "activation": "sigmoid",
+            "use_side_features": False,
+            "memory_slots": 4,
+            "memory_top_k": 2,
+            "memory_key_dim": 2,
+            "memory_value_dim": 1,
+            "user_features": "id",
+            "user_embedding_dim": 1,
+            "memory_backend": "reference",
+        },
+    ).eval()
+    with torch.no_grad():
+        model.item_embedding.weight.copy_(torch.tensor([[0.0], [1.0], [0.5]]))
+        model.user.tables["user_id"].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        for projection in (model.query.item_projection, model.query.user_projection):
+            projection.weight.fill_(1.0)
+            projection.bias.zero_()
+        model.memory.row_keys.copy_(torch.tensor([[[1.0], [-1.0]]]))
+        model.memory.col_keys.copy_(torch.tensor([[[1.0], [0.25]]]))
+        model.memory.values.weight.copy_(torch.tensor([[2.0], [-1.0], [10.0], [10.0]]))
+        model.head.linears[0].weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.5]]))
+        model.head.linears[0].bias.zero_()
+        model.head.output.weight.fill_(4.0)
+        model.head.output.bias.fill_(-1.0)
+    batch = {
+        "user_id": torch.tensor([1]),
+        "target_item": torch.tensor([2]),
+        "label": torch.tensor([1.0]),
+        "history_items": torch.tensor([[1, 0, 0]]),
+        "history_time_buckets": torch.tensor([[3, 0, 0]]),
+        "history_mask": torch.tensor([[True, False, False]]),
+    }
+    expected = 4.0 / (1.0 + math.exp(-1.5 * (2 * (1 - 1 / (1 + math.exp(0.75))) - 1 / (1 + math.exp(0.75))))) - 1
+    assert expected == pytest.approx(2.3032895288)
+    assert model(batch).item() == pytest.approx(2.3032895288, abs=1e-6)

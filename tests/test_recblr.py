@@ -189,3 +189,32 @@ def test_checkpoint_roundtrip(tmp_path):
     loaded, meta = load_checkpoint(path)
     assert meta["model_name"] == "recblr"
     torch.testing.assert_close(loaded(batch), model(batch))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "torch"])
+def test_golden_value_of_the_recurrence(backend: str) -> None:
+    """One BD-LRU block, d = E = 1, conv kernel 2 passing x_t through, hand-set weights; inputs 1, 2.
+
+    Branch x' = SiLU(x): 0.7310585786, 1.7615941560. Gates r = i = σ(0) = 0.5; softplus(Λ) = ln 4 (Λ = ln 3),
+    so a = exp(−ln 4 · 0.5) = 0.5 and b = √(1 − a² + 1e-8) · i = 0.4330127048.
+    h₁ = b·x'₁ = 0.3165576525; h₂ = a·h₁ + b·x'₂ = 0.9210714764.
+    Output-projection input SiLU(z)·h with z = x: 0.2314221875, 1.6225541301.
+    """
+    from longrec.kernels.scan import cpu_kernel_available
+    from longrec.models.recblr import BDLRULayer
+
+    if backend == "cpu" and not cpu_kernel_available():
+        pytest.skip("the C++ scan kernel could not be built here")
+    layer = BDLRULayer(1, expansion=1, conv_kernel=2, dropout=0.0, scan_backend=backend).eval()
+    with torch.no_grad():
+        layer.in_proj.weight.copy_(torch.tensor([[1.0], [1.0]]))  # branch = gate = x
+        layer.conv_weight.copy_(torch.tensor([[0.0, 1.0]]))  # y_t = 0·x_{t−1} + 1·x_t
+        layer.conv_bias.zero_()
+        layer.gates.weight.zero_()
+        layer.gates.bias.zero_()
+        layer.decay_logit.fill_(math.log(3.0))
+        layer.out_proj.weight.fill_(1.0)
+    seen = []
+    layer.out_proj.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
+    layer(torch.tensor([[[1.0]], [[2.0]]]), torch.ones(2, 1, dtype=torch.bool))
+    torch.testing.assert_close(seen[0].flatten(), torch.tensor([0.2314221875, 1.6225541301]), atol=1e-6, rtol=0)
