@@ -31,6 +31,7 @@ from longrec.models.base import CTRModel
 from longrec.models.registry import build_model
 from longrec.runtime import retain_freed_memory
 from longrec.seeding import derive_seed
+from longrec.train.distributed import DataParallel
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -253,8 +254,13 @@ def _train_one_epoch(
     generator: torch.Generator,
     device: torch.device,
     epoch: int,
+    parallel: DataParallel | None = None,
+    forward: torch.nn.Module | None = None,
 ) -> tuple[float, int]:
-    """One pass over ``train``; returns (sample-weighted mean loss, samples seen)."""
+    """One pass over ``train``; returns (sample-weighted mean loss, samples seen).
+
+    With ``parallel`` (torchrun), each global batch is cut across ranks and ``forward`` is the DDP wrapper.
+    """
     model.train()
     n_batches = math.ceil(len(train) / config.batch_size)
     if config.max_steps_per_epoch is not None:
@@ -273,14 +279,24 @@ def _train_one_epoch(
             if step >= n_batches:
                 break
             batch = _to_device(batch, device)
-            logits = model(batch)
+            if parallel is not None:
+                batch, scale = parallel.shard(batch)
+                logits = forward(batch)
+            else:
+                logits = model(batch)
             loss = model.loss(batch, logits)
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if parallel is not None:
+                # DDP averages gradients over ranks; the scale makes that the global batch's mean.
+                (loss * scale).backward()
+                parallel.sync_sparse_gradients(model)
+            else:
+                loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
-            size = int(batch["label"].shape[0])
+            # A rank with no sample in a short last batch ran one with zero weight: it counts none.
+            size = int(batch["label"].shape[0]) if parallel is None or scale else 0
             # Accumulate on device: a .item() per step would force a GPU sync.
             total_loss += loss.detach().double() * size
             seen += size
@@ -289,6 +305,9 @@ def _train_one_epoch(
                 bar.set_postfix(loss=f"{loss.item():.4f}")
     finally:
         bar.close()
+    if parallel is not None:
+        total, seen_all = parallel.all_sum(float(total_loss.item()), float(seen))
+        total_loss, seen = torch.tensor(total, dtype=torch.float64), int(seen_all)
     mean_loss = float(total_loss.item() / max(seen, 1))
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch}")
@@ -314,10 +333,14 @@ def train_model(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
+    parallel = DataParallel.current(device)  # None unless running under torchrun with > 1 process
+    if parallel is not None:
+        device = parallel.device
     if config.retain_freed_memory and device.type == "cpu":
         retain_freed_memory()
     model.to(device)
     optimizers = model.build_optimizers(config.lr, config.weight_decay)
+    forward = parallel.wrap(model) if parallel is not None else None
     generator = torch.Generator().manual_seed(config.seed)
     checkpoint_path = Path(checkpoint_dir) / BEST_CHECKPOINT_NAME if checkpoint_dir is not None else None
 
@@ -335,9 +358,20 @@ def train_model(
     )
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
-        train_loss, seen = _train_one_epoch(model, optimizers, train, config, generator, device, epoch)
+        train_loss, seen = _train_one_epoch(
+            model, optimizers, train, config, generator, device, epoch, parallel, forward
+        )
         train_seconds = time.perf_counter() - start
-        valid_metrics = evaluate_model(model, valid, config.eval_batch_size) if valid is not None else {}
+        if parallel is None:
+            valid_metrics = evaluate_model(model, valid, config.eval_batch_size) if valid is not None else {}
+        else:
+            # Rank 0 validates and every rank takes its metrics, so all stop at the same epoch.
+            main_metrics = (
+                evaluate_model(model, valid, config.eval_batch_size)
+                if valid is not None and parallel.is_main
+                else {}
+            )
+            valid_metrics = parallel.broadcast(main_metrics)
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -364,7 +398,7 @@ def train_model(
             result.best_valid_metrics = dict(valid_metrics)
             best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
             epochs_without_gain = 0
-            if checkpoint_path is not None:
+            if checkpoint_path is not None and (parallel is None or parallel.is_main):
                 extra = {
                     "epoch": epoch,
                     "valid_metrics": valid_metrics,
