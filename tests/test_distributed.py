@@ -104,3 +104,66 @@ def test_two_processes_match_one_with_the_same_global_batch(name: str, tmp_path:
     for one, two in zip(single["history"], double["history"], strict=True):
         assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-6)
         assert two["valid"]["auc"] == pytest.approx(one["valid"]["auc"], abs=1e-6)
+
+
+def test_train_job_manifest_runs_the_distributed_entry_point() -> None:
+    import kubernetes_validate
+    import yaml
+
+    from longrec.pipeline.trainjob import TrainJobSpec, to_yaml, train_job_manifest
+    from longrec.train.distributed import build_parser
+
+    spec = TrainJobSpec(
+        name="din-ddp",
+        model="din",
+        training_set="/mnt/longrec-train/ts",
+        output="/mnt/longrec-train/din",
+        num_nodes=2,
+        gpus_per_node=4,
+    )
+    manifest = yaml.safe_load(to_yaml(train_job_manifest(spec)))
+    assert manifest["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and manifest["kind"] == "TrainJob"
+    assert manifest["spec"]["runtimeRef"] == {
+        "name": "torch-distributed",
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+    }
+    trainer = manifest["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
+    # The command is torchrun on our entry point, and its arguments parse as that entry point's.
+    assert trainer["command"][:3] == ["torchrun", "-m", "longrec.train.distributed"]
+    args = build_parser().parse_args(trainer["command"][3:])
+    assert (args.model, args.training_set, args.output, args.backend) == (
+        "din",
+        spec.training_set,
+        spec.output,
+        "nccl",
+    )
+    assert args.batch_size == 1024 and args.batch_size % 8 == 0
+
+    # Pod-level overrides are core/v1 objects: check them against the Kubernetes schema as a Pod.
+    (override,) = manifest["spec"]["podTemplateOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}]
+    pod_spec = {
+        **{k: v for k, v in override["spec"].items() if k != "containers"},
+        "containers": [
+            {
+                **override["spec"]["containers"][0],
+                "image": trainer["image"],
+                "command": trainer["command"],
+                "resources": trainer["resourcesPerNode"],
+                "env": trainer["env"],
+            }
+        ],
+    }
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "node"}, "spec": pod_spec}
+    kubernetes_validate.validate(pod, kubernetes_validate.utils.latest_version(), strict=True)
+    mounts = {m["name"] for m in pod_spec["containers"][0]["volumeMounts"]}
+    assert mounts == {v["name"] for v in pod_spec["volumes"]}
+
+    with pytest.raises(ValueError, match="divide evenly"):
+        TrainJobSpec(name="x", model="din", training_set="/mnt/longrec-train/a", output="/mnt/longrec-train/b",
+                     gpus_per_node=3)  # fmt: skip
+    with pytest.raises(ValueError, match="not on the claim"):
+        TrainJobSpec(name="x", model="din", training_set="/data/a", output="/mnt/longrec-train/b")

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataParallel", "active", "init_from_env", "main"]
+__all__ = ["DataParallel", "active", "build_parser", "init_from_env", "main"]
 
 
 def init_from_env(backend: str | None = None, timeout_s: int = 1800) -> bool:
@@ -152,12 +152,12 @@ class DataParallel:
         return box[0]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """torchrun entry point: train one model on a training-set folder; rank 0 writes the outputs."""
-    from longrec.train.run import TrainConfig, train_from_training_set
-
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the torchrun entry point (also what longrec.pipeline.trainjob puts in a TrainJob)."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m longrec.train.distributed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--training-set", required=True, help="a training-set folder (samples.parquet, ...)")
     parser.add_argument("--model", required=True, help="a registered model name (din, imn, recblr, lmn)")
@@ -168,6 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--backend", default=None, help="gloo | nccl (default: nccl with CUDA, else gloo)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """torchrun entry point: train one model on a training-set folder; rank 0 writes the outputs."""
+    from longrec.train.run import TrainConfig, train_from_training_set
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     init_from_env(args.backend)
