@@ -3,6 +3,7 @@ manifest against the Kubernetes JSON schemas (kubernetes-validate ships them), e
 `kubectl kustomize`, and what the services, probes, volumes and GPU placement must agree on."""
 
 import copy
+import os
 import re
 import shutil
 import signal
@@ -225,7 +226,7 @@ def test_materialization_cronjob_runs_the_export_and_feast(rendered):
     script = job["args"][0]
     assert "python -m longrec.features.export" in script
     assert (ROOT / "longrec" / "features" / "export.py").is_file()
-    assert 'feast -f "$FEAST_CONFIG" apply' in script and "materialize-incremental" in script
+    assert 'feast -f "$FEAST_CONFIG" apply' in script and 'materialize "$MATERIALIZE_FROM" "$(date' in script
     mounts = {m["name"]: m["mountPath"] for m in job["volumeMounts"]}
     # The repo's sources read <feature_repo>/data: the volume is mounted exactly there in the image.
     assert (
@@ -417,3 +418,69 @@ def test_ranker_and_shards_as_separate_servers_with_the_manifests_args(world, tm
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_materialization_job_fills_redis_for_the_ranker(tmp_path):
+    """The CronJob's script and env as written, on a copy of the image's feature repo, with the cluster Feast
+    config (registry path moved under tmp) against a local redis-server; then the ranker's online read with
+    that config and a repo folder holding nothing but the mounted volume, as in the ranker pod."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server binary not installed (the Makefile installs it with apt-get)")
+    import pandas as pd
+
+    from longrec.data.datasets import load_dataset
+    from longrec.serving.features import OnlineFeatures
+
+    cronjob = next(
+        d for d in yaml.safe_load_all((K8S / "base" / "feast.yaml").read_text()) if d["kind"] == "CronJob"
+    )
+    (job,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    image_repo = Path(job["workingDir"])  # /opt/longrec/feature_repo in the image
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    (repo / "data").mkdir()
+    config = (K8S / "base" / "feature_store.yaml").read_text().replace(str(image_repo), str(repo))
+    (tmp_path / "feature_store.yaml").write_text(config)
+    rows = [
+        (user, 100 + (user * 7 + k) % 40, 1_000_000 + 60 * k + user) for user in (1, 2, 3) for k in range(12)
+    ]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
+        tmp_path / "events.csv", index=False
+    )
+
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        env = {**os.environ, **{e["name"]: e["value"] for e in job["env"]}}
+        env.update(
+            LONGREC_DATASET=str(tmp_path / "events.csv"),
+            FEAST_CONFIG=str(tmp_path / "feature_store.yaml"),
+            REDIS_CONNECTION_STRING=f"localhost:{port}",
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # python and feast of this venv
+            PYTHONPATH=str(ROOT),
+        )
+        done = subprocess.run(
+            job["command"] + job["args"], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        os.environ["REDIS_CONNECTION_STRING"] = env["REDIS_CONNECTION_STRING"]  # Feast expands it on load
+        ranker_repo = tmp_path / "ranker" / "feature_repo"  # only the volume is mounted there in the ranker
+        ranker_repo.mkdir(parents=True)
+        online = OnlineFeatures(ranker_repo, n_items=200, fs_yaml_file=tmp_path / "feature_store.yaml")
+        events = load_dataset(str(tmp_path / "events.csv")).events  # ids as the export wrote them
+        length = int(env["LONGREC_MAX_HISTORY_LENGTH"])
+        for user_id, mine in events.groupby("user_id"):
+            user = online.user(int(user_id))
+            assert user.found and not user.fallback
+            newest = mine.sort_values("timestamp", kind="stable").tail(length)
+            assert user.items.tolist() == newest["item_id"].tolist()
+    finally:
+        os.environ.pop("REDIS_CONNECTION_STRING", None)
+        server.terminate()
+        server.wait(timeout=10)
