@@ -10,6 +10,10 @@ them. "old" runs the library as it was at `--old-commit` (extracted with `git ar
 PYTHONPATH); "new" runs this checkout. A child that passes `--timeout` is stopped and its last finished
 stage is reported, so a time-boxed run still says how far it got.
 
+`--pit-probe 1000x100 1000x1000` times Feast's own point-in-time join (`get_historical_features` on
+the DuckDB store) for USERS x EVENTS-per-user requests against a scalar per-(user, second) view: the
+join the event log replaces, because its cost grows with requests x rows per user.
+
 For synthetic-10m the training set is not written: at L=1000 it would hold ~26M samples x 1,000
 positions x 3 sequence columns. There the child reads the history of every distinct (user, target
 second) request in chunks (new) or with the old `fetch_histories` (old) and reduces it to a checksum.
@@ -142,6 +146,68 @@ def child(args: argparse.Namespace) -> None:
     stage("histories", started, history_values=values, checksum=checksum)
 
 
+def pit_probe(n_users: int, per_user: int, workdir: Path) -> dict:
+    """get_historical_features (DuckDB) for every event of n_users x per_user against a count view."""
+    from datetime import timedelta
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource
+    from feast.types import Int64
+    from feast.value_type import ValueType
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(1, n_users + 1), per_user)
+    stamps = 880_000_000 + np.sort(rng.integers(0, 10**7, size=(n_users, per_user)), axis=1).reshape(-1)
+    rows = (
+        pd.DataFrame({"user_id": users, "ts": stamps}).groupby(["user_id", "ts"]).size().reset_index(name="n")
+    )
+    rows["event_count"] = rows.groupby("user_id")["n"].cumsum()
+    (workdir / "data").mkdir(parents=True)
+    table = pa.table(
+        {
+            "user_id": rows["user_id"].to_numpy(),
+            "event_timestamp": pa.array(rows["ts"].to_numpy() * 10**6, pa.timestamp("us", tz="UTC")),
+            "event_count": rows["event_count"].to_numpy(),
+        }
+    )
+    pq.write_table(table, workdir / "data" / "counts.parquet")
+    config = {
+        "project": "probe",
+        "provider": "local",
+        "registry": "data/registry.db",
+        "offline_store": {"type": "duckdb"},
+        "online_store": {"type": "sqlite", "path": "data/online.db"},
+        "entity_key_serialization_version": 3,
+    }
+    (workdir / "feature_store.yaml").write_text(yaml.safe_dump(config))
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+    source = FileSource(
+        name="counts", path=str(workdir / "data" / "counts.parquet"), timestamp_field="event_timestamp"
+    )
+    view = FeatureView(
+        name="counts",
+        entities=[user],
+        ttl=timedelta(0),
+        schema=[Field(name="user_id", dtype=Int64), Field(name="event_count", dtype=Int64)],
+        source=source,
+    )
+    store = FeatureStore(repo_path=str(workdir))
+    store.apply([user, source, view])
+    entity_df = pd.DataFrame(
+        {"user_id": rows["user_id"], "event_timestamp": pd.to_datetime(rows["ts"] - 1, unit="s", utc=True)}
+    )
+    started = time.time()
+    out = store.get_historical_features(entity_df=entity_df, features=["counts:event_count"]).to_arrow()
+    return {
+        "requests": len(entity_df),
+        "rows_returned": out.num_rows,
+        "seconds": round(time.time() - started, 1),
+    }
+
+
 def old_tree(commit: str, into: Path) -> Path:
     """The `longrec` package as of `commit`, extracted under `into`."""
     archive = into / "old.tar"
@@ -218,13 +284,49 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per (dataset, store) child")
     parser.add_argument("--old-commit", default=OLD_COMMIT)
     parser.add_argument("--output", type=Path, default=RESULTS / "feature_retrieval.json")
+    parser.add_argument(
+        "--pit-probe", nargs="+", metavar="USERSxEVENTS", help="time Feast's point-in-time join"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--store", "--dataset-dir", "--mode", "--workdir", "--record"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pit-probe-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.pit_probe:
+        probes = []
+        for shape in args.pit_probe:
+            n_users, per_user = (int(x) for x in shape.split("x"))
+            command = [sys.executable, __file__, "--pit-probe-child", shape]
+            started = time.time()
+            try:
+                done = subprocess.run(
+                    command, timeout=args.timeout, capture_output=True, text=True, check=True
+                )
+                probe = json.loads(done.stdout.strip().splitlines()[-1])
+            except subprocess.TimeoutExpired:
+                probe = {
+                    "requests": n_users * per_user,
+                    "status": f"stopped after the {args.timeout} s time box",
+                }
+            probe |= {
+                "users": n_users,
+                "events_per_user": per_user,
+                "wall_seconds": round(time.time() - started, 1),
+            }
+            print(json.dumps(probe), flush=True)
+            probes.append(probe)
+        path = args.output.with_name("feature_retrieval_pit_probe.json")
+        path.write_text(json.dumps(probes, indent=2) + "\n")
+        print(f"wrote {path}")
+        return
+    if args.pit_probe_child:
+        n_users, per_user = (int(x) for x in args.pit_probe_child.split("x"))
+        with tempfile.TemporaryDirectory(prefix="pit-probe-") as tmp:
+            print(json.dumps(pit_probe(n_users, per_user, Path(tmp) / "repo")))
         return
     results = []
     for spec in args.datasets:
