@@ -161,3 +161,24 @@ def test_operations_refuse_without_an_experiment(rollout):
     with pytest.raises(RolloutError, match="already the control|is the control"):
         rollout.start(rollout.tags[0], traffic=5)
     assert rollout.current() is None
+
+
+def test_the_test_does_not_look_before_each_arm_has_enough_users():
+    import numpy as np
+    import pandas as pd
+
+    from longrec.rollout.analysis import MIN_USERS_FOR_TEST, sequential_curve
+
+    rng = np.random.default_rng(0)
+    rows = []
+    # 3 candidate users who click a lot, 30 control users: a big but meaningless difference
+    for i in range(3000):
+        candidate = i % 10 == 0
+        user = f"c{i % 3}" if candidate else f"a{i % 30}"
+        rows.append(
+            (i, user, CANDIDATE if candidate else CONTROL, float(rng.random() < (0.9 if candidate else 0.2)))
+        )
+    frame = pd.DataFrame(rows, columns=["ts", "user_id", "arm", "clicked"]).assign(status="ok")
+    curve = sequential_curve(frame, mixture_sd=0.05)
+    assert MIN_USERS_FOR_TEST > 3
+    assert (curve["always_valid_p"] == 1.0).all()

@@ -68,6 +68,10 @@ def arm_metrics(frame: pd.DataFrame) -> dict:
 
 
 LOOK_EVERY = 100  # impressions between the looks of the sequential curve (a fixed grid: looks never move)
+# Users an arm needs before its variance is trusted. The variance over users is estimated from the users
+# themselves; from a handful it can come out near zero by chance, and since the always-valid p keeps its
+# running minimum, one such look would decide the test for good. Below this the test does not look.
+MIN_USERS_FOR_TEST = 10
 
 
 def user_level(shown: pd.DataFrame) -> dict:
@@ -86,7 +90,7 @@ def _shown(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _difference_and_variance(shown: pd.DataFrame) -> tuple[float, float]:
     users = user_level(shown)
-    if len(users) < 2:
+    if len(users) < 2 or min(len(impressions) for _, impressions in users.values()) < MIN_USERS_FOR_TEST:
         return 0.0, float("inf")
     rates, variances = {}, {}
     for arm, (clicks, impressions) in users.items():
@@ -208,9 +212,14 @@ def analyse(experiment: Experiment, requests: pd.DataFrame) -> Analysis:
 
 
 def _arm_variances(requests: pd.DataFrame) -> tuple[float, float]:
-    """User-level variances of the CTR of (control, candidate); inf for an arm with fewer than 2 users."""
+    """User-level variances of the CTR of (control, candidate); inf for an arm with too few users."""
     users = user_level(_shown(requests)) if len(requests) else {}
-    return tuple(ratio_variance(*users[arm]) if arm in users else float("inf") for arm in ARMS)
+    return tuple(
+        ratio_variance(*users[arm])
+        if arm in users and len(users[arm][1]) >= MIN_USERS_FOR_TEST
+        else float("inf")
+        for arm in ARMS
+    )
 
 
 def check_guardrails(
