@@ -200,19 +200,24 @@ def test_ranker_autoscales_and_reads_feast_from_redis(rendered):
     assert Path(feast["registry"]).parent == Path(mounts["feast-data"])
 
 
-def test_gpu_placement_only_in_the_gpu_overlay():
+def test_services_stay_on_cpu_and_the_gpu_overlay_caps_train_gpus():
+    """Serving scores on CPU (models load with map_location="cpu"), so no Deployment asks for a GPU or a
+    GPU node; GPUs are the train tasks', capped per namespace by the gpu overlay's quota."""
+    ranker_source = (ROOT / "longrec" / "serving" / "ranker.py").read_text()
+    assert "load_checkpoint(model_dir" in ranker_source and "cuda" not in ranker_source
     for overlay in OVERLAYS:
         documents = render(overlay)
         for deployment in (d for d in documents if d["kind"] == "Deployment"):
             spec = deployment["spec"]["template"]["spec"]
-            limits = container(deployment)["resources"].get("limits", {})
-            on_gpu = overlay == "gpu" and deployment["metadata"]["name"] == "longrec-ranker"
-            assert ("nvidia.com/gpu" in limits) == on_gpu, (overlay, deployment["metadata"]["name"])
-            assert ("nodeSelector" in spec) == on_gpu
-            if on_gpu:
-                assert limits["nvidia.com/gpu"] == "1"
-                assert spec["nodeSelector"] == dict([tp.TRAIN_NODE_SELECTOR])
-                assert spec["tolerations"] == [tp.TRAIN_TOLERATION]
+            resources = container(deployment)["resources"]
+            assert not any("nvidia.com/gpu" in resources.get(kind, {}) for kind in ("requests", "limits"))
+            assert "nodeSelector" not in spec and "tolerations" not in spec
+        quotas = [d for d in documents if d["kind"] == "ResourceQuota"]
+        if overlay == "gpu":
+            (quota,) = quotas
+            assert int(quota["spec"]["hard"]["requests.nvidia.com/gpu"]) >= tp.TRAIN_ACCELERATOR_LIMIT
+        else:
+            assert not quotas
 
 
 # --- Feast, the registry volume, the pipeline's service account ------------------------------------------
