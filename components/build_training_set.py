@@ -18,7 +18,7 @@ def build_training_set(
     seed: int,
     training_set: Output[Dataset],
 ):
-    """Cut CTR samples (MODELS.md section 0) and fetch each history with get_historical_features.
+    """Cut CTR samples (MODELS.md section 0) and read each history point-in-time from Feast, in chunks.
 
     Args:
         events: The ingested dataset folder.
