@@ -133,9 +133,10 @@ def test_build_training_set_reads_histories_before_each_target(training_set):
 
 
 def test_validate_passes_and_writes_reports(work, training_set):
-    report, results = (
+    report, results, docs = (
         artifact(dsl.HTML, work / "v_report.html"),
         artifact(dsl.Artifact, work / "v_results.json"),
+        artifact(dsl.Artifact, work / "v_docs"),
     )
     validate_training_set.python_func(
         training_set=training_set,
@@ -143,9 +144,16 @@ def test_validate_passes_and_writes_reports(work, training_set):
         max_positive_rate=0.6,
         report=report,
         results=results,
+        data_docs=docs,
     )
-    assert json.loads(open(results.path).read())["success"] is True
+    saved = json.loads(open(results.path).read())
+    assert saved["success"] is True
     assert "PASS" in open(report.path).read()
+    assert os.path.isfile(docs.path + "/index.html")  # Great Expectations' own Data Docs site
+    # The pipeline's training set uses the time split: the split-order rules ran (and passed).
+    assert {"split_order_train_valid", "split_order_valid_test"} <= {
+        e["rule_id"] for e in saved["expectations"]
+    }
 
 
 def test_validate_fails_on_corrupted_training_set_naming_the_expectation(work, training_set):
@@ -167,6 +175,7 @@ def test_validate_fails_on_corrupted_training_set_naming_the_expectation(work, t
             max_positive_rate=0.6,
             report=report,
             results=results,
+            data_docs=artifact(dsl.Artifact, work / "c_docs"),
         )
     assert "label" in str(error.value) and "history_before_target" in str(error.value)
     assert "FAIL" in open(report.path).read()  # the report is written before the task fails

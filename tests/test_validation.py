@@ -47,7 +47,11 @@ def make_frame(
             times = np.zeros(L, dtype=np.int64)
             times[:n_events] = timestamp - 10 * np.arange(n_events, 0, -1)  # oldest first, all < target
             mask = np.arange(L) < n_events
-            targets = rng.choice(np.arange(1, SPEC.n_items), size=1 + negatives_per_positive, replace=False)
+            # The positive may repeat a history item; negatives never do (MODELS.md section 0).
+            unseen = np.setdiff1d(np.arange(1, SPEC.n_items), items[:n_events])
+            positive = int(rng.integers(1, SPEC.n_items))
+            negatives = rng.choice(unseen[unseen != positive], size=negatives_per_positive, replace=False)
+            targets = [positive, *negatives.tolist()]
             for k, target in enumerate(targets):
                 rows.append(
                     {
@@ -122,11 +126,11 @@ def test_history_timestamp_at_target_fails() -> None:
     assert_fails_naming(
         result,
         "history_before_target",
-        "history timestamps strictly before target "
-        "(expect_column_values_to_be_in_set on history_before_target)",
+        "every history event strictly before its target (expect_column_pair_values_a_to_be_greater_than_b "
+        "on target_timestamp, history_timestamp of history_events)",
     )
     (outcome,) = result.failed()
-    assert outcome.unexpected_count == 1
+    assert outcome.unexpected_count == 1  # one event of the exploded history, not one sample row
     assert outcome.examples[0]["target_timestamp"] == frame.at[row, "target_timestamp"]
 
 
@@ -150,7 +154,7 @@ def test_duplicated_sample_key_fails() -> None:
 @pytest.mark.parametrize(
     ("column", "rule_id", "name"),
     [
-        ("history_items", "history_item_max", "history item ids <= 99"),
+        ("history_items", "history_item_range", "history item ids in [1, 99]"),
         ("target_item", "target_item_range", "target_item in [1, 99]"),
     ],
 )
@@ -268,3 +272,47 @@ def test_report_rows_are_readable_text_on_light_backgrounds(valid_result):
     page = valid_result.render_html()
     assert ".badge.PASS{background:#2e7d32}" in page and "tr.PASS td{background:#fff}" in page
     assert "}.PASS{" not in page and "}.FAIL{" not in page
+
+
+def test_negative_that_is_in_its_own_history_fails() -> None:
+    frame = make_frame()
+    row = int(np.flatnonzero((frame["label"] == 0).to_numpy())[0])
+    frame.loc[row, "target_item"] = int(frame.at[row, "history_items"][0])
+    result = validate_training_set(frame, SPEC)
+    assert failed_rule_ids(result) == {"negative_not_in_history"}
+    assert_fails_naming(result, "negative_not_in_history", "a negative target is never an item of its own history")
+    (outcome,) = result.failed()
+    assert {example["sample_row"] for example in outcome.examples} == {row}
+
+
+def test_history_out_of_time_order_fails() -> None:
+    frame = make_frame()
+    row = row_with_history_length(frame, 2, L)
+    stamps = frame.at[row, "history_timestamps"]
+    stamps[0], stamps[1] = stamps[1], stamps[0]
+    result = validate_training_set(frame, SPEC)
+    assert failed_rule_ids(result) == {"history_oldest_first"}
+    assert_fails_naming(result, "history_oldest_first", "history events oldest first")
+
+
+def test_time_split_order_and_coverage_are_checked() -> None:
+    frame = make_frame()
+    config = ValidationConfig(time_ordered_splits=True, min_users_per_split=2)
+    assert validate_training_set(frame, SPEC, config).success
+    late = frame.index[frame["split"] == "train"][0]
+    frame.loc[late, "target_timestamp"] = int(frame["target_timestamp"].max()) + 1  # a train target after valid
+    result = validate_training_set(frame, SPEC, config)
+    assert failed_rule_ids(result) == {"split_order_train_valid"}
+    assert_fails_naming(result, "split_order_train_valid", "every train target at or before the first valid target")
+    few_users = ValidationConfig(min_users_per_split=50)
+    assert {"coverage_users_train", "coverage_users_valid"} <= failed_rule_ids(
+        validate_training_set(make_frame(), SPEC, few_users)
+    )
+
+
+def test_data_docs_site_is_built(tmp_path) -> None:
+    result = validate_training_set(make_frame(), SPEC, docs_dir=tmp_path / "docs")
+    assert result.success
+    assert (tmp_path / "docs" / "index.html").is_file()
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert len(pages) == 3  # one validation page per batch: samples, history_events, negative_windows

@@ -140,6 +140,10 @@ def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, pa
         ("gate-promotion", "decision_json"): "decision.json",
         ("evaluate-models", "gate_inputs"): "gate_inputs.json",
     }
+    for task in tasks.get("validate-training-set", []):  # GE's Data Docs: a folder, copied whole
+        if (task / "data_docs" / "index.html").is_file():
+            shutil.copytree(task / "data_docs", summary.run_dir / "validation_docs", dirs_exist_ok=True)
+            summary.artifacts["validation_docs/index.html"] = "validation_docs/index.html"
     for (task_name, output), target in wanted.items():
         for task in tasks.get(task_name, []):
             source = task / output
@@ -201,7 +205,8 @@ def write_index(summary: RunSummary, params: PipelineParams) -> Path:
         "decision.md": "Promotion decision (Markdown)",
         "decision.json": "Promotion decision (JSON)",
         "gate_inputs.json": "What the gate decided on (JSON)",
-        "validation_report.html": "Great Expectations validation report",
+        "validation_docs/index.html": "Great Expectations Data Docs: every expectation and its result",
+        "validation_report.html": "Validation summary (pass/fail and failed expectations)",
         "validation_results.json": "Validation results (JSON)",
         "registered_model.json": "Registered production model",
         "summary.json": "Run summary (JSON)",

@@ -13,13 +13,20 @@ def validate_training_set_dir(
     report_html: str | Path,
     results_json: str | Path,
     config: ValidationConfig | None = None,
+    docs_dir: str | Path | None = None,
 ) -> dict:
-    """Run the suite, write both reports, then raise TrainingSetValidationError if anything failed.
+    """Run the suite, write both reports (and GE's Data Docs site into `docs_dir`), then raise
+    TrainingSetValidationError if anything failed.
 
     Returns the summary (success, counts) when the training set passed.
     """
-    frame, spec, _ = read_training_set(training_set_dir)
-    result = validate_training_set(frame, spec, config)
+    import dataclasses
+
+    frame, spec, meta = read_training_set(training_set_dir)
+    config = config or ValidationConfig()
+    if meta.get("sample_config", {}).get("split") == "time":  # the time split orders the splits in time
+        config = dataclasses.replace(config, time_ordered_splits=True)
+    result = validate_training_set(frame, spec, config, docs_dir=docs_dir)
     write_report(result, report_html, results_json)
     assert_valid(result)  # reports are on disk first, so a failed run still shows what failed
     return {

@@ -1,20 +1,29 @@
 """Great Expectations checks a training-set frame must pass before any model trains on it.
 
 The frame follows `longrec.data.schema`: scalar columns of SCALAR_SAMPLE_COLUMNS plus fixed-length,
-right-padded list columns (SEQUENCE_SAMPLE_COLUMNS). GE's built-in expectations work on scalar columns,
-so each list-column rule is first reduced, vectorised with numpy, to a per-row derived column
-(`mask_matches_padding`, `history_before_target`, ...) and GE then checks that column: the report names
-one expectation per rule. Rows whose lists do not have length L get null derived values, so they are
-reported once, by the length rule, rather than by every history rule.
+right-padded list columns (SEQUENCE_SAMPLE_COLUMNS). Rules run as GE's own expectations on three batches:
+
+- `samples`: the frame itself (schema, ids, labels, splits, positive rates, split order, coverage), plus
+  three per-row structure columns GE cannot express over fixed-length lists (list lengths, mask ==
+  padding, items nonzero exactly where the mask is set);
+- `history_events`: the histories exploded to one row per valid event, so "every history event is
+  earlier than its target" is a column-pair expectation (target_timestamp > history_timestamp), and
+  chronological order is one too (history_timestamp >= the previous event's);
+- `negative_windows`: each negative sample's distinct history items plus its target, so "a negative is
+  never an item of its own history" is a compound-uniqueness expectation.
+
+Rows whose lists do not have length L are left out of the exploded batches and reported once, by the
+length rule. With `docs_dir`, the validation also builds GE's Data Docs site there.
 """
 
 from __future__ import annotations
 
-import functools
 import html
+import itertools
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -54,6 +63,10 @@ class ValidationConfig:
     side_vocab: dict[str, int] | None = None  # side column -> vocabulary size; None: spec.side_vocab()
     check_side_features: bool = True  # side ids must index the model's embedding tables
     max_examples: int = 5  # unexpected values / rows kept per failed expectation
+    # The time split cuts the time range: every train target precedes every valid one, and valid test.
+    time_ordered_splits: bool = False
+    min_users_per_split: int = 1  # coverage: distinct users each split present must have
+    min_items_per_split: int = 1  # coverage: distinct target items each split present must have
 
     def __post_init__(self) -> None:
         bounds = {"*": (self.min_positive_rate, self.max_positive_rate), **self.positive_rate_by_split}
@@ -122,7 +135,7 @@ class ExpectationOutcome:
     def summary(self) -> str:
         """The name plus what was seen: counts, observed value, a few examples or the error."""
         if self.success is None:
-            return f"{self.name}: {NOT_EVALUATED} ({self.error})"
+            return f"{self.name}: {NOT_EVALUATED} ({self.error}) [rule {self.rule_id}]"
         parts: list[str] = []
         if self.unexpected_count is not None and self.element_count is not None:
             pct = f" ({self.unexpected_percent:.3g}%)" if self.unexpected_percent is not None else ""
@@ -133,7 +146,8 @@ class ExpectationOutcome:
             parts.append(f"e.g. {_short(self.examples[:3])}")
         if self.error:
             parts.append(f"error: {self.error}")
-        return f"{self.name}: {'; '.join(parts)}" if parts else self.name
+        text = f"{self.name}: {'; '.join(parts)}" if parts else self.name
+        return f"{text} [rule {self.rule_id}]"  # the id names it in the suite and the JSON results
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the outcome."""
@@ -242,8 +256,9 @@ class _Derived:
     """Per-row columns computed from the list columns, and why any could not be computed."""
 
     columns: dict[str, Any] = field(default_factory=dict)
-    unavailable: dict[str, str] = field(default_factory=dict)  # derived column -> reason
+    unavailable: dict[str, str] = field(default_factory=dict)  # derived column or batch -> reason
     well_formed_rows: int = 0
+    batches: dict[str, pd.DataFrame] = field(default_factory=dict)  # exploded batches by name
 
 
 def _row_lengths(values: pd.Series) -> np.ndarray:
@@ -277,7 +292,7 @@ def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def _derive_sequence_columns(frame: pd.DataFrame, max_len: int) -> _Derived:
-    """Reduce the list columns to per-row scalars with numpy (no per-row Python beyond taking lengths)."""
+    """Per-row list structure columns, and the exploded batches, with numpy (no per-row Python)."""
     derived = _Derived()
     n_rows = len(frame)
     present = [c for c in SEQUENCE_SAMPLE_COLUMNS if c in frame.columns]
@@ -285,7 +300,10 @@ def _derive_sequence_columns(frame: pd.DataFrame, max_len: int) -> _Derived:
     for column in present:
         derived.columns[f"{column}_length"] = lengths[column]
     if len(present) < len(SEQUENCE_SAMPLE_COLUMNS):
-        return derived  # the history rules are skipped: a missing list column fails its own check
+        missing = sorted(set(SEQUENCE_SAMPLE_COLUMNS) - set(present))
+        for name in (*EXPLODED_BATCHES, "mask_matches_padding", "items_match_mask"):
+            derived.unavailable[name] = f"column {', '.join(missing)} missing"
+        return derived  # a missing list column fails its own check
 
     # Only rows whose three lists all have length L can be stacked; the others get null values below.
     well_formed = np.logical_and.reduce([lengths[c] == max_len for c in present])
@@ -303,12 +321,7 @@ def _derive_sequence_columns(frame: pd.DataFrame, max_len: int) -> _Derived:
             return
         full = np.zeros(n_rows, dtype=values.dtype)
         full[well_formed] = values
-        if values.dtype == bool:
-            derived.columns[name] = pd.arrays.BooleanArray(full, mask=~well_formed)
-        elif np.issubdtype(values.dtype, np.integer):
-            derived.columns[name] = pd.arrays.IntegerArray(full.astype(np.int64), mask=~well_formed)
-        else:
-            derived.columns[name] = pd.arrays.FloatingArray(full.astype(np.float64), mask=~well_formed)
+        derived.columns[name] = pd.arrays.BooleanArray(full, mask=~well_formed)
 
     arrays: dict[str, np.ndarray] = {}
     errors: dict[str, str] = {}
@@ -325,53 +338,67 @@ def _derive_sequence_columns(frame: pd.DataFrame, max_len: int) -> _Derived:
             if column not in arrays and column not in frame.columns:
                 raise ValueError(f"column {column} is missing")
 
-    def mask() -> np.ndarray:
-        need("history_mask")
-        return arrays["history_mask"]
-
-    def items() -> np.ndarray:
-        need("history_items")
-        return arrays["history_items"]
-
-    def timestamps() -> np.ndarray:
-        need("history_timestamps")
-        return arrays["history_timestamps"]
-
     def mask_matches_padding() -> np.ndarray:
-        need("history_length")
+        need("history_mask", "history_length")
         history_length = _numeric(frame, "history_length")[well_formed]
         expected = np.arange(max_len)[None, :] < history_length[:, None]
-        return (mask() == expected).all(axis=1)
+        return (arrays["history_mask"] == expected).all(axis=1)
 
     def items_match_mask() -> np.ndarray:
-        return ((items() != 0) == mask()).all(axis=1)
+        need("history_items", "history_mask")
+        return ((arrays["history_items"] != 0) == arrays["history_mask"]).all(axis=1)
 
-    @functools.cache
-    def valid() -> np.ndarray:
-        return mask().astype(bool)
-
-    @functools.cache
-    def max_history_timestamp() -> np.ndarray:
-        return np.where(valid(), timestamps(), 0).max(axis=1, initial=0)
-
-    def history_before_target() -> np.ndarray:
-        need("target_timestamp")
-        target = _numeric(frame, "target_timestamp")[well_formed]
-        # Rows without valid events pass here: an empty history is the history_length rule's business.
-        return ~valid().any(axis=1) | (max_history_timestamp() < target)
-
-    def history_oldest_first() -> np.ndarray:
-        both_valid = valid()[:, 1:] & valid()[:, :-1]
-        return (~both_valid | (np.diff(timestamps(), axis=1) >= 0)).all(axis=1)
-
-    put("history_item_min", lambda: items().min(axis=1))  # L >= 1, so every row has a minimum
-    put("history_item_max", lambda: items().max(axis=1))
     put("mask_matches_padding", mask_matches_padding)
     put("items_match_mask", items_match_mask)
-    put("max_history_timestamp", max_history_timestamp)
-    put("history_before_target", history_before_target)
-    put("history_oldest_first", history_oldest_first)
+    try:
+        need(*SEQUENCE_SAMPLE_COLUMNS)
+        derived.batches = _exploded_batches(frame, well_formed, arrays)
+    except (TypeError, ValueError, KeyError) as exc:
+        for name in EXPLODED_BATCHES:
+            derived.unavailable[name] = str(exc)
     return derived
+
+
+EXPLODED_BATCHES = ("history_events", "negative_windows")
+
+
+def _exploded_batches(frame: pd.DataFrame, well_formed: np.ndarray, arrays: dict) -> dict[str, pd.DataFrame]:
+    """history_events (one row per valid event) and negative_windows (a negative's items and target)."""
+    # Lean on purpose (millions of rows): examples name `sample_row`, mapped back to sample keys later.
+    rows = np.flatnonzero(well_formed)
+    valid = arrays["history_mask"].astype(bool)
+    sample, position = np.nonzero(valid)  # row-major: each sample's events in position order
+    stamps = arrays["history_timestamps"][sample, position].astype(np.int64)
+    previous = np.empty_like(stamps)
+    if len(stamps):
+        previous[0] = stamps[0]
+        same_sample = sample[1:] == sample[:-1]
+        previous[1:] = np.where(same_sample, stamps[:-1], stamps[1:])  # the first event has no previous
+    events = pd.DataFrame(
+        {
+            "sample_row": rows[sample],
+            "history_item": arrays["history_items"][sample, position].astype(np.int64),
+            "history_timestamp": stamps,
+            "previous_history_timestamp": previous,
+        }
+    )
+    if "target_timestamp" in frame.columns:
+        events["target_timestamp"] = _numeric(frame, "target_timestamp")[rows][sample]
+    windows = pd.DataFrame(columns=["sample_row", "window_item"])
+    if {"label", "target_item"} <= set(frame.columns):
+        negative = _numeric(frame, "label")[rows] == 0
+        history = events[negative[sample]][["sample_row", "history_item"]]
+        history = history.drop_duplicates(["sample_row", "history_item"]).rename(
+            columns={"history_item": "window_item"}
+        )
+        targets = pd.DataFrame(
+            {
+                "sample_row": rows[negative],
+                "window_item": _numeric(frame, "target_item")[rows][negative].astype(np.int64),
+            }
+        )
+        windows = pd.concat([history, targets], ignore_index=True)
+    return {"history_events": events, "negative_windows": windows}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -389,6 +416,7 @@ class _Rule:
     expectation: str  # class name in great_expectations.expectations
     kwargs: dict
     requires: tuple[str, ...]
+    batch: str = "samples"  # "samples" or one of EXPLODED_BATCHES
 
     def display_kwargs(self) -> dict:
         """The expectation's parameters, with the row condition as text."""
@@ -404,6 +432,8 @@ class _Rule:
             return str(self.kwargs["column"])
         if "column_list" in self.kwargs:
             return ", ".join(self.kwargs["column_list"])
+        if "column_A" in self.kwargs:
+            return f"{self.kwargs['column_A']}, {self.kwargs['column_B']} of {self.batch}"
         return "table"
 
 
@@ -414,13 +444,21 @@ def _build_rules(frame: pd.DataFrame, config: ValidationConfig) -> list[_Rule]:
     rules: list[_Rule] = []
 
     def add(
-        rule_id: str, title: str, why: str, expectation: str, requires: tuple[str, ...] = (), **kwargs: Any
+        rule_id: str,
+        title: str,
+        why: str,
+        expectation: str,
+        requires: tuple[str, ...] = (),
+        batch: str = "samples",
+        **kwargs: Any,
     ) -> None:
         # Schema columns a rule reads must be present; derived columns are checked once computed.
         column = kwargs.get("column")
         source = [column] if column in SCALAR_SAMPLE_COLUMNS or column in SEQUENCE_SAMPLE_COLUMNS else []
-        requires = (*requires, *source, *kwargs.get("column_list", ()))
-        rules.append(_Rule(rule_id, title, why, expectation, kwargs, tuple(dict.fromkeys(requires))))
+        if batch == "samples":
+            source += list(kwargs.get("column_list", ()))
+        requires = (*requires, *source)
+        rules.append(_Rule(rule_id, title, why, expectation, kwargs, tuple(dict.fromkeys(requires)), batch))
 
     add(
         "non_empty",
@@ -530,24 +568,6 @@ def _build_rules(frame: pd.DataFrame, config: ValidationConfig) -> list[_Rule]:
         )
     history = tuple(SEQUENCE_SAMPLE_COLUMNS)
     add(
-        "history_item_min",
-        "history item ids >= 0",
-        "item 0 is padding; negative ids are corrupt",
-        "ExpectColumnValuesToBeBetween",
-        requires=history,
-        column="history_item_min",
-        min_value=0,
-    )
-    add(
-        "history_item_max",
-        f"history item ids <= {n_items - 1}",
-        "history ids index the item embedding table",
-        "ExpectColumnValuesToBeBetween",
-        requires=history,
-        column="history_item_max",
-        max_value=n_items - 1,
-    )
-    add(
         "mask_matches_padding",
         "history mask True exactly on the first history_length positions",
         "right padding: valid events first, then mask False",
@@ -566,23 +586,80 @@ def _build_rules(frame: pd.DataFrame, config: ValidationConfig) -> list[_Rule]:
         value_set=[True],
     )
     add(
+        "history_item_range",
+        f"history item ids in [1, {n_items - 1}]",
+        "valid history ids index the item embedding table (0 is padding only)",
+        "ExpectColumnValuesToBeBetween",
+        requires=history,
+        batch="history_events",
+        column="history_item",
+        min_value=1,
+        max_value=n_items - 1,
+    )
+    add(
         "history_before_target",
-        "history timestamps strictly before target",
+        "every history event strictly before its target",
         "an event at or after the target leaks the label",
-        "ExpectColumnValuesToBeInSet",
+        "ExpectColumnPairValuesAToBeGreaterThanB",
         requires=(*history, "target_timestamp"),
-        column="history_before_target",
-        value_set=[True],
+        batch="history_events",
+        column_A="target_timestamp",
+        column_B="history_timestamp",
+        or_equal=False,
     )
     add(
         "history_oldest_first",
-        "valid history timestamps oldest first (non-decreasing)",
+        "history events oldest first (each at or after the previous one)",
         "sequence models and time buckets assume chronological order",
-        "ExpectColumnValuesToBeInSet",
+        "ExpectColumnPairValuesAToBeGreaterThanB",
         requires=history,
-        column="history_oldest_first",
-        value_set=[True],
+        batch="history_events",
+        column_A="history_timestamp",
+        column_B="previous_history_timestamp",
+        or_equal=True,
     )
+    add(
+        "negative_not_in_history",
+        "a negative target is never an item of its own history",
+        "negatives are items the user never interacted with (MODELS.md section 0)",
+        "ExpectCompoundColumnsToBeUnique",
+        requires=(*history, "label", "target_item"),
+        batch="negative_windows",
+        column_list=["sample_row", "window_item"],
+    )
+
+    splits_present = (
+        [s for s in config.allowed_splits if (frame["split"] == s).any()] if "split" in frame.columns else []
+    )
+    if config.time_ordered_splits and "target_timestamp" in frame.columns and "split" in frame.columns:
+        times = pd.to_numeric(frame["target_timestamp"], errors="coerce")
+        for earlier, later in itertools.pairwise(splits_present):
+            bound = times[frame["split"] == later].min()
+            add(
+                f"split_order_{earlier}_{later}",
+                f"every {earlier} target at or before the first {later} target",
+                "the time split cuts the time range: a later split must not train the earlier one",
+                "ExpectColumnMaxToBeBetween",
+                requires=("split",),
+                column="target_timestamp",
+                max_value=int(bound),
+                row_condition=("split", earlier),
+            )
+    for split in splits_present:
+        for column, minimum, what in (
+            ("user_id", config.min_users_per_split, "users"),
+            ("target_item", config.min_items_per_split, "target items"),
+        ):
+            add(
+                f"coverage_{what.replace(' ', '_')}_{split}",
+                f"split {split} has at least {minimum} distinct {what}",
+                "a split without users or items evaluates nothing",
+                "ExpectColumnUniqueValueCountToBeBetween",
+                requires=("split",),
+                column=column,
+                min_value=minimum,
+                row_condition=("split", split),
+            )
 
     # One positive-rate rule per split present (bounds differ by negatives per positive), else one overall.
     if "split" in frame.columns:
@@ -606,10 +683,18 @@ def _build_rules(frame: pd.DataFrame, config: ValidationConfig) -> list[_Rule]:
     return rules
 
 
-def _run_suite(batch: pd.DataFrame, rules: list[_Rule], config: ValidationConfig) -> dict:
-    """Run `rules` as one GE suite over `batch` in an ephemeral context; the GE result as JSON."""
+def _run_suite(
+    batches: dict[str, pd.DataFrame],
+    rules: list[_Rule],
+    config: ValidationConfig,
+    docs_dir: str | Path | None = None,
+) -> dict:
+    """Run `rules` as one GE suite per batch; the merged GE results as JSON. With `docs_dir`, the run goes
+    through a Checkpoint in a file-backed context whose Data Docs site is then copied to `docs_dir`."""
     # Imported here: great_expectations takes ~9 s to import and most users of longrec.validation
     # (components, pipeline compilation) only need the types.
+    import tempfile
+
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -618,39 +703,91 @@ def _run_suite(batch: pd.DataFrame, rules: list[_Rule], config: ValidationConfig
     )
     from great_expectations.expectations.row_conditions import Column
 
-    # In memory, no Data Docs site (the report is rendered by _render_html), and no tqdm bars in logs.
-    project_config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        progress_bars=ProgressBarsConfig(globally=False),
-    )
-    context = gx.get_context(mode="ephemeral", project_config=project_config)
-    batch_definition = (
-        context.data_sources.add_pandas(name="training_set")
-        .add_dataframe_asset(name="samples")
-        .add_batch_definition_whole_dataframe(name="whole_frame")
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME))
-    for rule in rules:
-        kwargs = dict(rule.kwargs)
-        if "row_condition" in kwargs:
-            column, value = kwargs.pop("row_condition")
-            kwargs["row_condition"] = Column(column) == value
-        expectation_cls = getattr(gx.expectations, rule.expectation)
-        suite.add_expectation(
-            expectation_cls(**kwargs, description=rule.title, notes=rule.why, meta={"rule_id": rule.rule_id})
+    workdir = tempfile.TemporaryDirectory() if docs_dir else None
+    if workdir is not None:
+        context = gx.get_context(mode="file", project_root_dir=workdir.name)
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    else:  # in memory, no Data Docs site, no tqdm bars in logs
+        project_config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            progress_bars=ProgressBarsConfig(globally=False),
         )
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{SUITE_NAME}_validation", data=batch_definition, suite=suite)
-    )
-    key_columns = [c for c in SAMPLE_KEY if c in batch.columns]
-    result_format: dict[str, Any] = {
-        "result_format": "SUMMARY",
-        "partial_unexpected_count": config.max_examples,
+        context = gx.get_context(mode="ephemeral", project_config=project_config)
+    source = context.data_sources.add_pandas(name="training_set")
+    definitions, parameters = [], {}
+    for batch_name, frame in batches.items():
+        batch_rules = [rule for rule in rules if rule.batch == batch_name]
+        if not batch_rules:
+            continue
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{SUITE_NAME}.{batch_name}"))
+        for rule in batch_rules:
+            kwargs = dict(rule.kwargs)
+            if "row_condition" in kwargs:
+                column, value = kwargs.pop("row_condition")
+                kwargs["row_condition"] = Column(column) == value
+            expectation_cls = getattr(gx.expectations, rule.expectation)
+            suite.add_expectation(
+                expectation_cls(
+                    **kwargs, description=rule.title, notes=rule.why, meta={"rule_id": rule.rule_id}
+                )
+            )
+        batch_definition = source.add_dataframe_asset(name=batch_name).add_batch_definition_whole_dataframe(
+            name="whole_frame"
+        )
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{SUITE_NAME}.{batch_name}", data=batch_definition, suite=suite)
+        )
+        definitions.append(definition)
+        parameters[definition.name] = frame
+
+    def result_format(frame: pd.DataFrame) -> dict[str, Any]:
+        # Failing rows are identified by their sample key (exploded batches: their sample's row).
+        keys = [c for c in SAMPLE_KEY if c in frame.columns] or ["sample_row"]
+        return {
+            "result_format": "SUMMARY",
+            "partial_unexpected_count": config.max_examples,
+            "unexpected_index_column_names": keys,
+        }
+
+    results = []
+    try:
+        if workdir is None:
+            for definition in definitions:
+                frame = parameters[definition.name]
+                run = definition.run(
+                    batch_parameters={"dataframe": frame}, result_format=result_format(frame)
+                )
+                results.append(run.to_json_dict())
+        else:
+            # One checkpoint per batch (each takes its own dataframe), each updating the Data Docs site.
+            for definition in definitions:
+                checkpoint = context.checkpoints.add(
+                    gx.Checkpoint(
+                        name=f"checkpoint.{definition.name}",
+                        validation_definitions=[definition],
+                        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                        result_format=result_format(parameters[definition.name]),
+                    )
+                )
+                run = checkpoint.run(batch_parameters={"dataframe": parameters[definition.name]})
+                results += [r.to_json_dict() for r in run.run_results.values()]
+            site = Path(workdir.name) / "gx" / "uncommitted" / "data_docs" / "local_site"
+            target = Path(docs_dir)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(site, target)
+    finally:
+        if workdir is not None:
+            workdir.cleanup()
+    return {
+        "success": all(r.get("success") for r in results),
+        "results": [item for r in results for item in r.get("results", [])],
+        "statistics": {
+            r.get("meta", {}).get("validation_id", str(i)): r.get("statistics", {})
+            for i, r in enumerate(results)
+        },
+        "runs": [{k: v for k, v in r.items() if k != "results"} for r in results],
     }
-    if key_columns:  # failing rows are identified by their sample key in the examples
-        result_format["unexpected_index_column_names"] = key_columns
-    result = definition.run(batch_parameters={"dataframe": batch}, result_format=result_format)
-    return result.to_json_dict()
 
 
 def _outcome(
@@ -696,9 +833,13 @@ def _exception_messages(exception_info: dict) -> list[str]:
 
 
 def validate_training_set(
-    frame: pd.DataFrame, spec: FeatureSpec, config: ValidationConfig | None = None
+    frame: pd.DataFrame,
+    spec: FeatureSpec,
+    config: ValidationConfig | None = None,
+    docs_dir: str | Path | None = None,
 ) -> ValidationResult:
-    """Validate a training-set frame against the GE suite built from `spec` and `config`."""
+    """Validate a training-set frame against the GE suites built from `spec` and `config`; with
+    `docs_dir`, also build Great Expectations' Data Docs site there (index.html)."""
     started = time.perf_counter()
     config = (config or ValidationConfig()).resolved(spec)
     max_len = int(config.max_history_length or 0)
@@ -717,7 +858,8 @@ def validate_training_set(
     batch = pd.DataFrame(columns, index=frame.index)
 
     rules = _build_rules(frame, config)
-    skipped = {r.rule_id: reason for r in rules if (reason := _skip_reason(r, frame, batch, derived))}
+    batches = {"samples": batch, **derived.batches}
+    skipped = {r.rule_id: reason for r in rules if (reason := _skip_reason(r, frame, batches, derived))}
     runnable = [r for r in rules if r.rule_id not in skipped]
 
     import_started = time.perf_counter()
@@ -725,7 +867,7 @@ def validate_training_set(
 
     import_seconds = time.perf_counter() - import_started
     ge_started = time.perf_counter()
-    ge_result = _run_suite(batch, runnable, config)
+    ge_result = _run_suite(batches, runnable, config, docs_dir)
     ge_seconds = time.perf_counter() - ge_started
 
     by_rule = {
@@ -735,6 +877,14 @@ def validate_training_set(
     outcomes = [
         _outcome(r, by_rule.get(r.rule_id), skipped.get(r.rule_id), config.max_examples) for r in rules
     ]
+    key_columns = [c for c in SAMPLE_KEY if c in frame.columns]
+    for outcome in outcomes:  # examples of exploded batches name a sample row: show its key as well
+        outcome.examples = [
+            {**example, **{c: frame[c].iloc[int(example["sample_row"])] for c in key_columns}}
+            if isinstance(example, dict) and "sample_row" in example
+            else example
+            for example in outcome.examples
+        ]
     failed = [o for o in outcomes if o.success is False]
     not_evaluated = [o for o in outcomes if o.success is None]
     success = not failed and not not_evaluated and bool(ge_result.get("success"))
@@ -747,6 +897,7 @@ def validate_training_set(
         "n_failed": len(failed),
         "n_not_evaluated": len(not_evaluated),
         "well_formed_history_rows": derived.well_formed_rows,
+        "rows_by_batch": {name: len(b) for name, b in batches.items()},
         **_frame_statistics(frame),
         "derive_seconds": round(derive_seconds, 3),
         "great_expectations_import_seconds": round(import_seconds, 3),
@@ -778,17 +929,21 @@ def validate_training_set(
     return result
 
 
-def _skip_reason(rule: _Rule, frame: pd.DataFrame, batch: pd.DataFrame, derived: _Derived) -> str | None:
+def _skip_reason(
+    rule: _Rule, frame: pd.DataFrame, batches: dict[str, pd.DataFrame], derived: _Derived
+) -> str | None:
     """Why `rule` cannot run on this frame (an input column missing or unreadable), else None."""
     if rule.expectation == "ExpectColumnToExist":
         return None  # always run: its failure is the readable report of a missing column
     missing = [c for c in rule.requires if c not in frame.columns]
     if missing:
         return f"column {', '.join(missing)} missing"
+    if rule.batch not in batches:
+        return derived.unavailable.get(rule.batch, f"batch {rule.batch} unavailable")
     column = rule.kwargs.get("column")
     if column in derived.unavailable:
         return derived.unavailable[column]
-    if column is not None and column not in batch.columns:
+    if column is not None and column not in batches[rule.batch].columns:
         return f"derived column {column} unavailable"
     return None
 
