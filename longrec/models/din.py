@@ -24,7 +24,7 @@ from longrec.models.base import (
     padded_embedding,
 )
 
-__all__ = ["DIN", "DINConfig", "ActivationUnit"]
+__all__ = ["DIN", "DINBackbone", "DINConfig", "ActivationUnit"]
 
 
 @dataclass
@@ -103,15 +103,16 @@ class ActivationUnit(nn.Module):
         return self.rest(hidden, mask).squeeze(-1)
 
 
-class DIN(CTRModel):
-    """Deep Interest Network with a target-aware activation unit over the padded, masked history."""
+class DINBackbone(nn.Module):
+    """DIN's user side: item (and time-bucket) embeddings, side features and the activation unit that
+    pools the history against a target. DIN puts an MLP head on it; LMN adds its memory reads first."""
 
-    name: ClassVar[str] = "din"
-    config_class: ClassVar[type] = DINConfig
+    # Parameter names of models saved before the backbone was its own module (loaded transparently).
+    OWN = ("item_embedding", "time_embedding", "side", "attention")
 
-    def __init__(self, spec: FeatureSpec, config: DINConfig | None = None) -> None:
-        config = config if config is not None else DINConfig()
-        super().__init__(spec, config)
+    def __init__(self, spec: FeatureSpec, config: DINConfig) -> None:
+        super().__init__()
+        self.config = config
         d = config.embedding_dim
         # One table for history and target items; row 0 is padding and stays zero.
         self.item_embedding = padded_embedding(spec.n_items, d, config.embedding_init_std)
@@ -120,19 +121,17 @@ class DIN(CTRModel):
             self.time_embedding = padded_embedding(spec.n_time_buckets, d, config.embedding_init_std)
         self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
         self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
-        self.head = MLP(
-            3 * d + self.side.output_dim,
-            config.head_hidden,
-            config.activation,
-            output_dim=1,
-            dropout=config.dropout,
-        )
+        self.output_dim = 3 * d + self.side.output_dim  # width of head_features
 
-    def attention_weights(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        """Per-position weights [B, L], exactly 0 on padded positions."""
-        return self._weights_from_scores(self.attention(history, target, mask), mask)
+    def embed_history(self, batch: dict[str, Tensor]) -> Tensor:
+        """e_j (+ its time-bucket embedding): [B, L, d]."""
+        history = self.item_embedding(batch["history_items"])
+        if self.time_embedding is not None:
+            history = history + self.time_embedding(batch["history_time_buckets"])
+        return history
 
-    def _weights_from_scores(self, scores: Tensor, mask: Tensor) -> Tensor:
+    def weights_from_scores(self, scores: Tensor, mask: Tensor) -> Tensor:
+        """Per-position weights, exactly 0 on padding: raw scores (paper) or a masked softmax."""
         if self.config.softmax_attention:
             scores = scores / math.sqrt(self.config.embedding_dim)
             # Masked softmax; multiplying by the mask afterwards keeps an all-padded row at zero, not NaN.
@@ -140,35 +139,105 @@ class DIN(CTRModel):
             return weights * mask
         return scores.masked_fill(~mask, 0.0)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def attention_weights(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Per-position weights [B, L], exactly 0 on padded positions."""
+        return self.weights_from_scores(self.attention(history, target, mask), mask)
+
+    def head_features(self, batch: dict[str, Tensor], interest: Tensor, target: Tensor) -> Tensor:
+        """[interest, v, interest ⊙ v, side]: what DIN's head reads."""
+        return torch.cat([interest, target, interest * target, self.side(batch)], dim=-1)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """history [B, L, d], target [B, d], weights [B, L], interest [B, d] and the head features."""
         mask = batch["history_mask"]
-        history = self.item_embedding(batch["history_items"])  # [B, L, d]
-        if self.time_embedding is not None:
-            history = history + self.time_embedding(batch["history_time_buckets"])
-        target = self.item_embedding(batch["target_item"])  # [B, d]
+        history = self.embed_history(batch)
+        target = self.item_embedding(batch["target_item"])
         weights = self.attention_weights(history, target, mask)
         interest = torch.bmm(weights.unsqueeze(1), history).squeeze(1)  # Σ_j w_j e_j: [B, d]
-        head_input = torch.cat([interest, target, interest * target, self.side(batch)], dim=-1)
-        return self.head(head_input).squeeze(-1)
+        features = self.head_features(batch, interest, target)
+        return {
+            "history": history,
+            "target": target,
+            "weights": weights,
+            "interest": interest,
+            "features": features,
+        }
+
+    # -- serving: the candidate-independent part once per user, then every candidate ------------------
+    def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What scoring needs from one user's history (a batch of one row), independent of the target."""
+        history = self.embed_history(batch)
+        return {
+            "history": history,
+            "mask": batch["history_mask"],
+            "history_term": self.attention.history_term(history),
+        }
+
+    def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """forward()'s outputs for C candidate targets of the user of ``encode_user`` (eval mode)."""
+        history, mask = user["history"], user["mask"]
+        target = self.item_embedding(batch["target_item"])  # [C, d]
+        scores = self.attention.score_targets(history, user["history_term"], target, mask)
+        weights = self.weights_from_scores(scores, mask.expand_as(scores))
+        interest = weights @ history[0]  # [C, L] × [L, d]
+        return {
+            "target": target,
+            "weights": weights,
+            "interest": interest,
+            "features": self.head_features(batch, interest, target),
+        }
+
+
+def prefix_backbone_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook: checkpoints from before the backbone module name its parameters without
+    the ``backbone.`` prefix; rename them so old registered models still load."""
+    for key in list(state_dict):
+        if key.startswith(prefix) and key[len(prefix) :].split(".", 1)[0] in DINBackbone.OWN:
+            state_dict[f"{prefix}backbone.{key[len(prefix) :]}"] = state_dict.pop(key)
+
+
+class DIN(CTRModel):
+    """Deep Interest Network: the backbone's pooled interest and an MLP head."""
+
+    name: ClassVar[str] = "din"
+    config_class: ClassVar[type] = DINConfig
+
+    def __init__(self, spec: FeatureSpec, config: DINConfig | None = None) -> None:
+        config = config if config is not None else DINConfig()
+        super().__init__(spec, config)
+        self.backbone = DINBackbone(spec, config)
+        self.head = MLP(
+            self.backbone.output_dim,
+            config.head_hidden,
+            config.activation,
+            output_dim=1,
+            dropout=config.dropout,
+        )
+        self.register_load_state_dict_pre_hook(prefix_backbone_keys)
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        return self.backbone.item_embedding
+
+    @property
+    def attention(self) -> ActivationUnit:
+        return self.backbone.attention
+
+    def attention_weights(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Per-position weights [B, L], exactly 0 on padded positions."""
+        return self.backbone.attention_weights(history, target, mask)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.head(self.backbone(batch)["features"]).squeeze(-1)
 
     # -- serving: the candidate-independent user part once, then every candidate --------------------
     def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """What scoring needs from one user's history (a batch of one row), independent of the target."""
-        mask = batch["history_mask"]
-        history = self.item_embedding(batch["history_items"])
-        if self.time_embedding is not None:
-            history = history + self.time_embedding(batch["history_time_buckets"])
-        return {"history": history, "mask": mask, "history_term": self.attention.history_term(history)}
+        return self.backbone.encode_user(batch)
 
     def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
-        history, mask = user["history"], user["mask"]
-        target = self.item_embedding(batch["target_item"])  # [C, d]
-        scores = self.attention.score_targets(history, user["history_term"], target, mask)
-        weights = self._weights_from_scores(scores, mask.expand_as(scores))
-        interest = weights @ history[0]  # [C, L] × [L, d]
-        head_input = torch.cat([interest, target, interest * target, self.side(batch)], dim=-1)
-        return self.head(head_input).squeeze(-1)
+        return self.head(self.backbone.score_candidates(user, batch)["features"]).squeeze(-1)
 
     def loss(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
         """BCE plus, when ``l2_embedding > 0``, the mini-batch-aware L2 penalty."""

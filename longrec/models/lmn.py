@@ -32,8 +32,8 @@ from longrec.memory import (
     save_memory_shards,
 )
 from longrec.model_files import MEMORY_DIR  # sub-folder of a model folder holding the memory shards
-from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
-from longrec.models.din import ActivationUnit
+from longrec.models.base import ACTIVATIONS, MLP, CTRModel
+from longrec.models.din import ActivationUnit, DINBackbone, DINConfig, prefix_backbone_keys
 
 __all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
 
@@ -92,6 +92,19 @@ class LMNConfig:
             raise ValueError("memory_shards must be >= 1")
         self.memory_config()  # validates slots / K / widths
 
+    def backbone_config(self) -> DINConfig:
+        """The DIN backbone these settings describe (raw attention weights, no time buckets: the paper's)."""
+        return DINConfig(
+            embedding_dim=self.embedding_dim,
+            attention_hidden=self.attention_hidden,
+            head_hidden=self.head_hidden,
+            activation=self.activation,
+            use_side_features=self.use_side_features,
+            side_embedding_dim=self.side_embedding_dim,
+            dropout=self.dropout,
+            embedding_init_std=self.embedding_init_std,
+        )
+
     def memory_config(self) -> MemoryConfig:
         """The ``MemoryConfig`` these settings describe."""
         return MemoryConfig(
@@ -122,7 +135,8 @@ class UserFeatures(nn.Module):
 
 
 class LMN(CTRModel):
-    """DIN backbone plus a million-slot-capable product-key memory read for history items and target."""
+    """A DIN backbone plus a memory head: a million-slot-capable product-key memory read for the history
+    items and the target, pooled and fed with the backbone's features to the prediction MLP."""
 
     name: ClassVar[str] = "lmn"
     config_class: ClassVar[type] = LMNConfig
@@ -131,9 +145,7 @@ class LMN(CTRModel):
         config = config if config is not None else LMNConfig()
         super().__init__(spec, config)
         d = config.embedding_dim
-        self.item_embedding = padded_embedding(spec.n_items, d, config.embedding_init_std)
-        self.side = SideFeatureEmbedding(spec, config.side_embedding_dim, enabled=config.use_side_features)
-        self.attention = ActivationUnit(d, config.attention_hidden, config.activation)
+        self.backbone = DINBackbone(spec, config.backbone_config())
         self.user = UserFeatures(spec, config.user_embedding_dim, config.user_features)
         memory_config = config.memory_config()
         self.memory = ProductKeyMemory(memory_config, sparse=True, backend=config.memory_backend)  # type: ignore[arg-type]
@@ -146,7 +158,7 @@ class LMN(CTRModel):
         self.register_buffer("memory_target_projection", projection)
         dv = config.memory_value_dim
         self.head = MLP(
-            3 * d + self.side.output_dim + 2 * dv,
+            self.backbone.output_dim + 2 * dv,
             config.head_hidden,
             config.activation,
             output_dim=1,
@@ -154,6 +166,16 @@ class LMN(CTRModel):
         )
         self.sharded_memory: ShardedMemory | None = None
         self._memory_loss: Tensor | None = None
+        self.register_load_state_dict_pre_hook(prefix_backbone_keys)
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        """The backbone's item table (history, target and the memory's item queries share it)."""
+        return self.backbone.item_embedding
+
+    @property
+    def attention(self) -> ActivationUnit:
+        return self.backbone.attention
 
     # -- memory reads ---------------------------------------------------------------------------------
     def read_positions(self, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -192,10 +214,8 @@ class LMN(CTRModel):
     # -- model ----------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         mask = batch["history_mask"]
-        history = self.item_embedding(batch["history_items"])  # [B, L, d]
-        target = self.item_embedding(batch["target_item"])  # [B, d]
-        weights = self.attention(history, target, mask).masked_fill(~mask, 0.0)
-        interest = torch.bmm(weights.unsqueeze(1), history).squeeze(1)
+        backbone = self.backbone(batch)
+        history, target, weights = backbone["history"], backbone["target"], backbone["weights"]
         users = self.user(batch)  # g(user): [B, d_g]
 
         positions, read_valid = self.read_positions(mask)  # [B, n]
@@ -227,16 +247,14 @@ class LMN(CTRModel):
         self._memory_loss = (
             self._memory_objective(history_reads, read_vectors, users[rows]) if self.training else None
         )
-        head_input = torch.cat(
-            [interest, target, interest * target, self.side(batch), target_read, pooled], -1
-        )
-        return self.head(head_input).squeeze(-1)
+        return self.head(torch.cat([backbone["features"], target_read, pooled], -1)).squeeze(-1)
 
     # -- serving: history reads, attention's user half and g(user) once; then every candidate ---------
     def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """What scoring needs from one user (a batch of one row): history, g(user) and the history reads."""
         mask = batch["history_mask"]
-        history = self.item_embedding(batch["history_items"])
+        encoded = self.backbone.encode_user(batch)
+        history = encoded["history"]
         users = self.user(batch)
         positions, read_valid = self.read_positions(mask)
         rows, cols = read_valid.nonzero(as_tuple=True)
@@ -247,9 +265,7 @@ class LMN(CTRModel):
         else:  # no history: nothing to read (the pool is then zero, as in forward)
             history_reads = history.new_zeros(0, self.config.memory_value_dim)
         return {
-            "history": history,
-            "mask": mask,
-            "history_term": self.attention.history_term(history),
+            **encoded,
             "users": users,
             "read_positions": positions[rows, cols],
             "history_reads": history_reads,
@@ -257,12 +273,9 @@ class LMN(CTRModel):
 
     def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
-        history, mask = user["history"], user["mask"]
-        target = self.item_embedding(batch["target_item"])  # [C, d]
+        backbone = self.backbone.score_candidates(user, batch)
+        target, weights = backbone["target"], backbone["weights"]
         count = target.shape[0]
-        weights = self.attention.score_targets(history, user["history_term"], target, mask)
-        weights = weights.masked_fill(~mask, 0.0)
-        interest = weights @ history[0]
         owners = torch.zeros(count, dtype=torch.long, device=target.device)
         target_read = self.read_memory(batch["target_item"], owners, target, user["users"])
         reads = user["history_reads"]
@@ -270,10 +283,7 @@ class LMN(CTRModel):
             pooled = (reads / max(len(reads), 1)).sum(0, keepdim=True).expand(count, -1)
         else:
             pooled = weights[:, user["read_positions"]] @ reads
-        head_input = torch.cat(
-            [interest, target, interest * target, self.side(batch), target_read, pooled], -1
-        )
-        return self.head(head_input).squeeze(-1)
+        return self.head(torch.cat([backbone["features"], target_read, pooled], -1)).squeeze(-1)
 
     def _memory_objective(self, reads: Tensor, item_vectors: Tensor, users: Tensor) -> Tensor:
         """Mean Smooth-L1 between reads [N, d_v] and their stop-gradient targets T([e ; g])."""
