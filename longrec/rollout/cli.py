@@ -63,10 +63,13 @@ def _status_lines(rollout, experiment) -> list[str]:
             f"{c['av_ci_low']:+.4f} .. {c['av_ci_high']:+.4f}), always-valid p={c['always_valid_p']:.3g}"
         )
     srm = analysis.srm
-    lines.append(
-        f"SRM this stage: {srm['control']} / {srm['candidate']} users, p={srm['p_value']:.3g}"
-        + (" FIRED" if srm["fired"] else " ok")
-    )
+    if 0 < srm["expected_candidate_share"] < 1:
+        lines.append(
+            f"SRM this stage: {srm['control']} / {srm['candidate']} users, p={srm['p_value']:.3g}"
+            + (" FIRED" if srm["fired"] else " ok")
+        )
+    else:
+        lines.append(f"SRM: not applicable at {experiment.traffic:g} % (one arm)")
     breaches = [g["name"] for g in analysis.guardrails if g["breached"]]
     lines.append("guardrails: " + ("BREACHED " + ", ".join(breaches) if breaches else "ok"))
     return lines

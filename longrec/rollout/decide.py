@@ -100,6 +100,15 @@ def decide(experiment: Experiment, analysis: Analysis, drift: dict | None = None
         return Decision(
             HOLD, f"collecting: {counts} impressions in this stage, need {minimum} per arm", current
         )
+    ratio = next(g for g in analysis.guardrails if g["name"].startswith("CTR ratio"))
+    if ratio["value"] is not None and ratio["value"] < experiment.guardrails.min_ctr_ratio:
+        # Looks worse, but not (yet) clearly: no more exposure until the evidence says which.
+        return Decision(
+            HOLD,
+            f"candidate CTR is {ratio['value']:.2f}x control's, under the {experiment.guardrails.min_ctr_ratio:g} "
+            "guardrail but not conclusively (too few users or too wide an interval); not ramping",
+            current,
+        )
     following = experiment.next_traffic()
     if following is not None and following < 100:
         return Decision(RAMP, f"guardrails hold at {current:g} %: ramping to {following:g} %", following)

@@ -145,10 +145,14 @@ def render(experiment: Experiment, analysis: Analysis, audit: list[dict], link_b
     srm = analysis.srm
     parts += [
         "<h2>Sample ratio mismatch (current stage)</h2>",
-        f"<p class='{'bad' if srm['fired'] else 'ok'}'>{srm['control']} control / {srm['candidate']} candidate users "
-        f"against an expected {srm['expected_candidate_share']:.0%} candidate: χ² = {srm['chi2']:.2f}, p = "
-        f"{srm['p_value']:.3g} — {'FIRED: decisions blocked' if srm['fired'] else 'no mismatch'} "
-        f"(level {experiment.test.srm_alpha:g}).</p>",
+        (
+            f"<p class='{'bad' if srm['fired'] else 'ok'}'>{srm['control']} control / {srm['candidate']} candidate "
+            f"users against an expected {srm['expected_candidate_share']:.0%} candidate: χ² = {srm['chi2']:.2f}, p = "
+            f"{srm['p_value']:.3g} — {'FIRED: decisions blocked' if srm['fired'] else 'no mismatch'} "
+            f"(level {experiment.test.srm_alpha:g}).</p>"
+            if 0 < srm["expected_candidate_share"] < 1
+            else f"<p>Not applicable: the candidate serves {experiment.traffic:g} % of users (one arm only).</p>"
+        ),
         "<h2>Guardrails (candidate)</h2>",
         _table(
             ["guardrail", "value", "limit", "status"],
