@@ -35,7 +35,7 @@ def peak_rss_bytes() -> int:
 
 def measure(model_name: str, length: int, args: argparse.Namespace) -> dict:
     """Time ``args.steps`` training steps of one model at one length (run in its own process)."""
-    from longrec.models.sequential import build_sequential_model
+    from longrec.models.registry import build_sequential_model
     from longrec.runtime import retain_freed_memory
 
     if not args.default_malloc:  # as the trainers do on CPU: no re-faulting of large activations

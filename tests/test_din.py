@@ -294,3 +294,14 @@ def test_registry_errors_and_config_parsing() -> None:
 def test_embedding_padding_row_stays_zero() -> None:
     model = make_din()
     assert np.allclose(model.item_embedding.weight[0].detach().numpy(), 0.0)
+
+
+def test_checkpoints_from_before_the_backbone_module_still_load() -> None:
+    """Registered models saved when DIN's parameters had no `backbone.` prefix load unchanged."""
+    spec = FeatureSpec(n_users=5, n_items=7, max_history_length=4)
+    model = DIN(spec, DINConfig(embedding_dim=4, attention_hidden=(4,), head_hidden=(4,)))
+    old_layout = {key.removeprefix("backbone."): value for key, value in model.state_dict().items()}
+    assert "item_embedding.weight" in old_layout and "head.output.weight" in old_layout
+    again = DIN(spec, DINConfig(embedding_dim=4, attention_hidden=(4,), head_hidden=(4,)))
+    again.load_state_dict(old_layout)
+    assert all(torch.equal(value, again.state_dict()[key]) for key, value in model.state_dict().items())

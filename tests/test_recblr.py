@@ -163,7 +163,7 @@ def test_next_item_padding_invariance_and_state():
 
 @pytest.mark.parametrize("name", ("recblr", "sasrec"))
 def test_next_item_one_epoch_loss_decreases(name):
-    from longrec.models.sequential import build_sequential_model
+    from longrec.models.registry import build_sequential_model
 
     torch.manual_seed(0)
     model = build_sequential_model(name, 30, 10, {"embedding_dim": 16, "dropout": 0.0})

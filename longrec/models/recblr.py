@@ -32,7 +32,7 @@ from longrec.data.schema import FeatureSpec
 from longrec.kernels.scan import BACKENDS as SCAN_BACKENDS
 from longrec.kernels.scan import linear_scan
 from longrec.models.base import ACTIVATIONS, MLP, CTRModel, SideFeatureEmbedding, padded_embedding
-from longrec.models.sequential import SequentialRecommender, register_sequential_model
+from longrec.models.sequential import SequentialRecommender
 
 __all__ = [
     "BDLRULayer",
@@ -302,7 +302,6 @@ class RecBLRNextItemConfig:
     scan_backend: str = "auto"
 
 
-@register_sequential_model
 class RecBLRNextItem(SequentialRecommender):
     """RecBLR next-item model: tied item embeddings, full softmax over all items."""
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrec.models.sequential import SequentialRecommender, register_sequential_model
+from longrec.models.sequential import SequentialRecommender
 
 __all__ = ["SASRec", "SASRecBlock", "SASRecConfig"]
 
@@ -68,7 +68,6 @@ class SASRecBlock(nn.Module):
         return self.ffn_norm(y + self.dropout(self.ffn(y)))
 
 
-@register_sequential_model
 class SASRec(SequentialRecommender):
     """SASRec with tied item embeddings and a full softmax over all items."""
 

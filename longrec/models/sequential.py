@@ -14,13 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "SEQUENTIAL_MODELS",
-    "SequentialRecommender",
-    "build_sequential_model",
-    "gather_last_valid",
-    "register_sequential_model",
-]
+__all__ = ["SequentialRecommender", "gather_last_valid"]
 
 
 def gather_last_valid(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -62,29 +56,3 @@ class SequentialRecommender(nn.Module, abc.ABC):
         logits = self.score_all(hidden[has_target])  # only scored rows: [n_targets, n_items]
         logits[:, 0] = torch.finfo(logits.dtype).min  # padding is never the answer
         return nn.functional.cross_entropy(logits, targets[has_target])
-
-
-SEQUENTIAL_MODELS: dict[str, type[SequentialRecommender]] = {}
-
-
-def register_sequential_model(model_class: type[SequentialRecommender]) -> type[SequentialRecommender]:
-    """Class decorator: make a next-item model buildable by name."""
-    SEQUENTIAL_MODELS[model_class.name] = model_class
-    return model_class
-
-
-def build_sequential_model(
-    name: str, n_items: int, max_history_length: int, overrides: dict[str, Any] | None = None
-) -> SequentialRecommender:
-    """Next-item model ``name`` ("recblr" | "sasrec") with config fields overridden by ``overrides``."""
-    # Imported here so the model modules register themselves without an import cycle.
-    import longrec.models.recblr  # noqa: F401
-    import longrec.models.sasrec  # noqa: F401
-
-    if name not in SEQUENTIAL_MODELS:
-        raise ValueError(
-            f"unknown next-item model {name!r}; choose from {', '.join(sorted(SEQUENTIAL_MODELS))}"
-        )
-    model_class = SEQUENTIAL_MODELS[name]
-    config = model_class.config_class(**(overrides or {}))
-    return model_class(n_items, max_history_length, config)

@@ -20,7 +20,8 @@ import torch
 
 from longrec.data.nextitem import NextItemData
 from longrec.eval.ranking import evaluate_next_item
-from longrec.models.sequential import SequentialRecommender, build_sequential_model
+from longrec.models.registry import build_sequential_model
+from longrec.models.sequential import SequentialRecommender
 from longrec.runtime import retain_freed_memory
 from longrec.train.trainer import set_seed
 
