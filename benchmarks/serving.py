@@ -125,10 +125,10 @@ async def load(url: str, bodies: list[dict], concurrency: int, max_requests: int
 def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> dict:
     from longrec.models.registry import build_model
     from longrec.serving.demo import store_model_dir, write_model_dir
+    from longrec.serving.memory import ShardValues
     from longrec.serving.package import prepare_serving
     from longrec.serving.process import ServeProcess
     from longrec.serving.ranker import ModelScorer
-    from longrec.serving.memory import ShardValues
 
     torch.manual_seed(0)
     overrides = LMN_PAPER_SCALE if name == "lmn" else {}
@@ -184,7 +184,9 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 1000])
     parser.add_argument("--users", type=int, default=8, help="users with a full history of L events")
@@ -214,8 +216,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{r['throughput_rps_c4']:.0f} |")  # fmt: skip
     if args.json:
         payload = {
-            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py " + " ".join(argv or []),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py "
+            + " ".join(argv or []),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "weights": "random (serving cost does not depend on them)",
             "rows": rows,

@@ -8,7 +8,11 @@ from components.base import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def package_bento(
-    registered_tag: str, events: Input[Dataset], feature_repo: Input[Artifact], registry_dir: str, n_shards: int = 2
+    registered_tag: str,
+    events: Input[Dataset],
+    feature_repo: Input[Artifact],
+    registry_dir: str,
+    n_shards: int = 2,
 ) -> str:
     """Build the Bento of the registered model offline (`bentoml build`), its memory as one BentoML model
     per shard (LMN), and record the Bento tag next to the production pointer.

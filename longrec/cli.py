@@ -310,7 +310,9 @@ def serve(
         "Redis, and REDIS_CONNECTION_STRING=host:port exported before `longrec serve`.",
     ),
     shards: int = typer.Option(2, min=1, help="Memory shard services of an LMN model."),
-    shard_timeout: float = typer.Option(None, help="Seconds a memory gather may take before its slots read as zero."),
+    shard_timeout: float = typer.Option(
+        None, help="Seconds a memory gather may take before its slots read as zero."
+    ),
     bento: bool = typer.Option(True, help="Serve the recorded Bento when one was built for the model."),
 ) -> None:
     """Serve a registered model (the production one of --dataset, or --tag) with its shard services."""
@@ -338,7 +340,9 @@ def serve(
     import signal
 
     signal.signal(signal.SIGTERM, stop_on_term)
-    typer.echo(f"serving {target.model_tag}" + (f" from Bento {target.bento_tag}" if target.bento_tag else ""))
+    typer.echo(
+        f"serving {target.model_tag}" + (f" from Bento {target.bento_tag}" if target.bento_tag else "")
+    )
     try:
         process.start()
         process.wait_ready(timeout=180)

@@ -96,6 +96,7 @@ class Ranker:
                 shard_clients=[_gather_client(shard, self) for shard in shards],
                 shard_dirs=[bentoml.models.get(tag).path for tag in CONFIG.shard_tags],
             )
+            self.ranker.warm_up()
         except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
             logger.error(self.error)
@@ -140,6 +141,7 @@ class Ranker:
         except Exception:
             serving_metrics()["errors"].labels(kind="internal").inc()
             raise
+
 
 def _gather_client(shard, owner: Ranker):
     """A callable slots -> rows over a shard dependency. Served, the dependency is a remote proxy whose

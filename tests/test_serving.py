@@ -66,7 +66,9 @@ def local_ranker(world, name: str, **config_overrides):
     model_dir = registry.model_path(config.model_tag)
     shard_dirs = [registry.model_path(tag) for tag in config.shard_tags]
     clients = [ShardValues(path, i).gather for i, path in enumerate(shard_dirs)]
-    ranker = build_ranker(config, model_dir, shard_dirs[0] if shard_dirs else None, clients, with_metrics=False)
+    ranker = build_ranker(
+        config, model_dir, shard_dirs[0] if shard_dirs else None, clients, with_metrics=False
+    )
     return ranker, config
 
 
@@ -75,7 +77,11 @@ def offline_logits(world, name: str, user_id: int, candidates: list[int]) -> np.
     from longrec.train.trainer import load_checkpoint
 
     spec, events = world["spec"], world["events"]
-    mine = events[events["user_id"] == user_id].sort_values("timestamp", kind="stable").tail(spec.max_history_length)
+    mine = (
+        events[events["user_id"] == user_id]
+        .sort_values("timestamp", kind="stable")
+        .tail(spec.max_history_length)
+    )
     length = spec.max_history_length
     items = np.zeros((1, length), np.int64)
     stamps = np.zeros((1, length), np.int64)
@@ -88,7 +94,9 @@ def offline_logits(world, name: str, user_id: int, candidates: list[int]) -> np.
         "user_id": torch.full((count,), user_id),
         "target_item": torch.tensor(candidates),
         "history_items": torch.from_numpy(items).expand(count, -1),
-        "history_time_buckets": torch.from_numpy(time_buckets(stamps, np.array([NOW]), mask)).expand(count, -1),
+        "history_time_buckets": torch.from_numpy(time_buckets(stamps, np.array([NOW]), mask)).expand(
+            count, -1
+        ),
         "history_mask": torch.from_numpy(mask).expand(count, -1),
         "target_genre": torch.tensor(candidates) % spec.n_genres,
         "user_age": torch.full((count,), users[user_id]),
@@ -108,7 +116,9 @@ def test_served_scores_equal_offline_scores(world, name: str) -> None:
     served = {item.item_id: item.logit for item in response.items}
     expected = offline_logits(world, name, 3, candidates)
     np.testing.assert_allclose([served[c] for c in candidates], expected, atol=1e-5, rtol=0)
-    assert [i.item_id for i in response.items] == [candidates[j] for j in np.argsort(-expected, kind="stable")]
+    assert [i.item_id for i in response.items] == [
+        candidates[j] for j in np.argsort(-expected, kind="stable")
+    ]
     assert response.model_tag == world["tags"][name] and response.model_name == name
     assert response.history_length == world["spec"].max_history_length
     assert not (response.unknown_user or response.feature_fallback or response.degraded_memory)

@@ -69,7 +69,11 @@ def test_unknown_user_is_flagged(server) -> None:
         ({"user_id": 1, "candidate_items": [3, -1]}, 400, "candidate_items"),
         ({"user_id": -2, "candidate_items": [3]}, 400, "user_id"),
         ({"user_id": 1, "candidate_items": [3, 600]}, 400, "candidate_items"),  # outside the vocabulary
-        ({"user_id": 1, "candidate_items": [3], "history": {"items": [77], "timestamps": [1]}}, 400, "history"),
+        (
+            {"user_id": 1, "candidate_items": [3], "history": {"items": [77], "timestamps": [1]}},
+            400,
+            "history",
+        ),
         ({"user_id": 1, "candidate_items": [3], "top_k": 5000}, 400, "top_k"),
     ],
 )
@@ -89,7 +93,9 @@ def test_oversized_non_json_and_pickle_bodies_are_rejected(server) -> None:
     for content_type in ("application/vnd.bentoml+pickle", "application/octet-stream", "text/plain"):
         response = httpx.post(f"{server.url}/rank", content=payload, headers={"content-type": content_type})
         assert response.status_code == 415 and "application/json" in response.text
-    response = httpx.post(f"{server.url}/rank", content=b"{not json", headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{server.url}/rank", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400 and "json" in response.text.lower()
 
 
@@ -149,7 +155,9 @@ def test_killed_shard_degrades_within_the_timeout_and_recovers(server) -> None:
         time.sleep(0.2)
     assert degraded_seen, "no response was flagged while the shard was down"
     assert not result["degraded_memory"], "the shard never came back"
-    assert [i["logit"] for i in result["items"]] == pytest.approx([i["logit"] for i in normal["items"]], abs=1e-9)
+    assert [i["logit"] for i in result["items"]] == pytest.approx(
+        [i["logit"] for i in normal["items"]], abs=1e-9
+    )
 
 
 def test_corrupted_shard_file_keeps_the_service_unready_naming_it(world, tmp_path: Path) -> None:  # noqa: F811

@@ -80,7 +80,9 @@ class OnlineFeatures:
         features = [f"{SEQUENCE_VIEW}:{name}" for name in SEQUENCE_FEATURES]
         features += [f"{USER_VIEW}:{name}" for name in USER_FEATURES]
         try:
-            row = self.store.get_online_features(features=features, entity_rows=[{"user_id": user_id}]).to_dict()
+            row = self.store.get_online_features(
+                features=features, entity_rows=[{"user_id": user_id}]
+            ).to_dict()
         except Exception as error:
             self.last_error = f"user features: {type(error).__name__}: {error}"
             logger.warning("online store unreadable, empty-history fallback: %s", self.last_error)
@@ -126,7 +128,10 @@ def build_batches(
     mask = items != 0
     buckets = time_buckets(stamps, np.array([now]), mask, spec.n_time_buckets)
     model_user = user_id if 0 < user_id < spec.n_users else 0  # out of vocabulary: the unknown row
-    side = {column: int(value) if 0 <= value < spec.side_vocab()[column] else 0 for column, value in user.side.items()}
+    side = {
+        column: int(value) if 0 <= value < spec.side_vocab()[column] else 0
+        for column, value in user.side.items()
+    }
     user_batch = {
         "user_id": torch.tensor([model_user]),
         "history_items": torch.from_numpy(items),

@@ -170,7 +170,14 @@ class RemoteShardedMemory(ShardedMemory):
         started = time.perf_counter()
         ok = False
         try:
-            rows = np.asarray(self.clients[shard](slots), dtype=np.float32)
+            try:
+                rows = self.clients[shard](slots)
+            except (TimeoutError, FutureTimeout):
+                raise
+            except Exception as error:  # e.g. a keep-alive connection the server just closed: once more
+                logger.info("memory shard %d: %s; retrying once", shard, error)
+                rows = self.clients[shard](slots)
+            rows = np.asarray(rows, dtype=np.float32)
             ok = rows.shape == (len(slots), self.config.value_dim)
             if not ok:
                 raise ValueError(f"shard {shard} answered shape {rows.shape}")

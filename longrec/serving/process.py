@@ -60,7 +60,17 @@ class ServeProcess:
             env[CONFIG_ENV] = str(self.config.to_json(Path(self._tmp.name) / "serving.json"))
             target = "serving.service:Ranker"
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        args = [sys.executable, "-m", "bentoml", "serve", target, "--host", self.host, "--port", str(self.port)]
+        args = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            target,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
         return args, env
 
     def start(self) -> ServeProcess:

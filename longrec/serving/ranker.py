@@ -103,7 +103,9 @@ class ModelScorer:
     def attach_memory(self, memory) -> None:
         """Serve LMN's eval-mode reads from ``memory`` (a ``ShardedMemory``, local or remote)."""
         if memory.config != self.model.memory.config:
-            raise ModelFileError(f"memory shards have {memory.config}, the model has {self.model.memory.config}")
+            raise ModelFileError(
+                f"memory shards have {memory.config}, the model has {self.model.memory.config}"
+            )
         self.model.sharded_memory = memory
 
     @torch.no_grad()
@@ -143,6 +145,19 @@ class Ranker:
         self.scorers = scorers
         self.features = features
         self.metrics = metrics or RankerMetrics()
+
+    def warm_up(self) -> None:
+        """Score one synthetic full-length request per model without the feature store, so kernels
+        (RecBLR's compiled scan) load before the service reports ready. LMN's memory lives in the shard
+        services, which are not up yet at this point: its first request warms it instead."""
+        for scorer in self.scorers.values():
+            if scorer.needs_memory:
+                continue
+            length = scorer.spec.max_history_length
+            user = UserFeatures(np.ones(length, np.int64), np.arange(length, dtype=np.int64), {}, found=True)
+            user.side = {column: 0 for column in ("user_age", "user_gender", "user_occupation")}
+            batches = build_batches(scorer.spec, 1, user, np.array([1]), np.array([0]), request_time=length)
+            scorer.score(*batches)
 
     def arm_for(self, user_id: int) -> str:
         """The arm serving ``user_id`` (one arm today; an A/B split would bucket users here)."""

@@ -27,8 +27,12 @@ class ServeTarget:
     bento_tag: str | None = None
     config: ServingConfig | None = None
 
-    def process(self, registry_root: str | Path, port: int, host: str = "127.0.0.1", **kwargs) -> ServeProcess:
-        return ServeProcess(registry_root, port, config=self.config, bento_tag=self.bento_tag, host=host, **kwargs)
+    def process(
+        self, registry_root: str | Path, port: int, host: str = "127.0.0.1", **kwargs
+    ) -> ServeProcess:
+        return ServeProcess(
+            registry_root, port, config=self.config, bento_tag=self.bento_tag, host=host, **kwargs
+        )
 
 
 def resolve_target(
@@ -58,7 +62,12 @@ def resolve_target(
             record = None  # built for an earlier production model
     registry.model_path(tag)  # RegistryError naming the tag if it is not stored
     overrides = feature_repo or feature_store_yaml or shard_timeout_s is not None
-    if use_bento and record is not None and not overrides and len(record.get("shard_tags", [])) in (0, n_shards):
+    if (
+        use_bento
+        and record is not None
+        and not overrides
+        and len(record.get("shard_tags", [])) in (0, n_shards)
+    ):
         return ServeTarget(tag, bento_tag=record["bento_tag"])
     repo = feature_repo or (record or {}).get("feature_repo")
     config = prepare_serving(registry.root, tag, n_shards, repo, dataset)
@@ -99,7 +108,7 @@ def showcase(
     shown = []
     with target.process(registry_root, port) as server:
         echo(f"ready in {time.perf_counter() - started:.1f} s")
-        with httpx.Client(base_url=server.url, timeout=30) as client:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
             for user in users:
                 rows = test[test["user_id"] == user]
                 body = {

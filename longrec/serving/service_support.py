@@ -45,7 +45,9 @@ def serving_metrics() -> dict:
             "errors": Counter("longrec_rank_errors", "Rejected or failed rank requests.", ["kind"]),
             "flags": Counter("longrec_rank_flags", "Responses carrying a flag.", ["flag"]),
             "shard_latency": Histogram(
-                "longrec_memory_shard_latency_seconds", "One gather from a memory shard.", ["shard"],
+                "longrec_memory_shard_latency_seconds",
+                "One gather from a memory shard.",
+                ["shard"],
                 buckets=buckets,
             ),
             "shard_failures": Counter("longrec_memory_shard_failures", "Failed shard gathers.", ["shard"]),
@@ -120,7 +122,9 @@ class BodyGuard:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type != "application/json":
-            await self._reject(send, 415, f"body must be application/json, got {media_type or 'no content-type'}")
+            await self._reject(
+                send, 415, f"body must be application/json, got {media_type or 'no content-type'}"
+            )
             return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
@@ -161,7 +165,10 @@ class BodyGuard:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload})
