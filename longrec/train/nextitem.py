@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +21,7 @@ from longrec.data.nextitem import NextItemData
 from longrec.eval.ranking import evaluate_next_item
 from longrec.models.registry import build_sequential_model
 from longrec.models.sequential import SequentialRecommender
-from longrec.runtime import retain_freed_memory
-from longrec.train.trainer import set_seed
+from longrec.train.loop import fit, set_seed
 
 __all__ = ["NextItemTrainConfig", "run_next_item", "summarise_seeds", "train_next_item"]
 
@@ -64,64 +62,57 @@ class NextItemResult:
     seconds_per_epoch: float = 0.0
 
 
+@dataclass
+class NextItemTask:
+    """The next-item task of the one training loop: shuffled training windows, softmax cross-entropy over
+    all items at every position, validation NDCG@10 by full ranking."""
+
+    data: NextItemData
+    config: NextItemTrainConfig
+    monitor: str = "ndcg@10"
+    supports_parallel: bool = False  # the loss is next_item_loss, not forward: DDP cannot wrap it as is
+
+    def __post_init__(self) -> None:
+        self.items = torch.as_tensor(self.data.train_items)
+        self.targets = torch.as_tensor(self.data.train_targets)
+
+    def optimizers(self, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+        return [
+            torch.optim.Adam(model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        ]
+
+    def n_batches(self) -> int:
+        return math.ceil(len(self.items) / self.config.batch_size)
+
+    def batches(self, generator: torch.Generator):
+        order = torch.randperm(len(self.items), generator=generator)
+        for begin in range(0, len(order), self.config.batch_size):
+            index = order[begin : begin + self.config.batch_size]
+            yield {"items": self.items[index], "targets": self.targets[index]}
+
+    def loss(self, model, forward, batch: dict) -> torch.Tensor:
+        return model.next_item_loss(batch["items"], batch["items"] > 0, batch["targets"])
+
+    def batch_weight(self, batch: dict) -> int:
+        return 1  # the epoch's loss is the mean over steps
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_next_item(
+            model, self.data.valid_history, self.data.valid_target, self.config.eval_batch_size
+        )
+
+
 def train_next_item(
     model: SequentialRecommender, data: NextItemData, config: NextItemTrainConfig | None = None
 ) -> NextItemResult:
-    """Train in place, keep the best epoch by validation NDCG@10, and score it on the test targets."""
+    """Train in place with the one loop (``longrec.train.loop``), keep the best epoch by validation
+    NDCG@10, and score it on the test targets."""
     config = config or NextItemTrainConfig()
-    set_seed(config.seed)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    device = torch.device(config.device)
-    if config.retain_freed_memory and device.type == "cpu":
-        retain_freed_memory()
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    items = torch.as_tensor(data.train_items)
-    targets = torch.as_tensor(data.train_targets)
-    generator = torch.Generator().manual_seed(config.seed)
-    result = NextItemResult()
-    best_score, best_state, stale = -math.inf, None, 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        order = torch.randperm(len(items), generator=generator)
-        total, steps = 0.0, 0
-        for step, begin in enumerate(range(0, len(order), config.batch_size)):
-            if config.max_steps_per_epoch is not None and step >= config.max_steps_per_epoch:
-                break
-            index = order[begin : begin + config.batch_size]
-            batch_items = items[index].to(device)
-            loss = model.next_item_loss(batch_items, batch_items > 0, targets[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        seconds = time.perf_counter() - start
-        valid = evaluate_next_item(model, data.valid_history, data.valid_target, config.eval_batch_size)
-        result.history.append(
-            {"epoch": epoch, "train_loss": total / max(steps, 1), "seconds": seconds, "valid": valid}
-        )
-        logger.info(
-            "epoch %d: loss %.4f (%.1f s), valid hr@10 %.4f ndcg@10 %.4f",
-            epoch,
-            total / max(steps, 1),
-            seconds,
-            valid["hr@10"],
-            valid["ndcg@10"],
-        )
-        if valid["ndcg@10"] > best_score:
-            best_score, result.best_epoch, result.valid, stale = valid["ndcg@10"], epoch, valid, 0
-            best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                logger.info("early stopping after epoch %d (best %d)", epoch, result.best_epoch)
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    result.seconds_per_epoch = float(np.mean([record["seconds"] for record in result.history]))
+    fitted = fit(model, NextItemTask(data, config), config, torch.device(config.device))
+    result = NextItemResult(
+        history=fitted.history, best_epoch=fitted.best_epoch, valid=fitted.best_valid_metrics
+    )
+    result.seconds_per_epoch = float(np.mean([record["train_seconds"] for record in result.history]))
     result.test = evaluate_next_item(model, data.test_history, data.test_target, config.eval_batch_size)
     return result
 

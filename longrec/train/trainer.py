@@ -11,27 +11,21 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import random
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from longrec.data.schema import FeatureSpec
 from longrec.data.tensors import TensorSampleSet
 from longrec.eval.ctr import ctr_metrics
 from longrec.models.base import CTRModel
 from longrec.models.registry import build_model
-from longrec.runtime import retain_freed_memory
 from longrec.seeding import derive_seed
-from longrec.train.distributed import DataParallel
+from longrec.train.loop import FitResult, fit, set_seed
 
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
@@ -88,21 +82,8 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
 
 
-@dataclass
-class TrainResult:
-    """Per-epoch history, the best epoch (1-based) by validation AUC and its checkpoint."""
-
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_valid_metrics: dict[str, float | int] = field(default_factory=dict)
-    best_checkpoint: Path | None = None
-    stopped_early: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        data = dataclasses.asdict(self)
-        data["best_checkpoint"] = str(self.best_checkpoint) if self.best_checkpoint else None
-        return data
+# The loop's result (history, best epoch and metrics, checkpoint, early stop), under its CTR name.
+TrainResult = FitResult
 
 
 def runtime_record(device: torch.device) -> dict[str, Any]:
@@ -118,21 +99,6 @@ def runtime_record(device: torch.device) -> dict[str, Any]:
     record["kernels"] = used
     record["triton_kernels_ran"] = any("triton" in backends for backends in used.values())
     return record
-
-
-def set_seed(seed: int) -> None:
-    """Seed python, numpy and torch and ask torch for deterministic kernels."""
-    # Must be set before the first cuBLAS call for deterministic GPU matmuls.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    # warn_only: a model using an op without a deterministic kernel still runs (with a warning).
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -154,10 +120,6 @@ def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tens
     if device.type == "cpu":
         return batch
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-def _show_progress(enabled: bool) -> bool:
-    return enabled and sys.stderr.isatty()
 
 
 @torch.no_grad()
@@ -246,72 +208,36 @@ def load_checkpoint(
     return model, meta
 
 
-def _train_one_epoch(
-    model: CTRModel,
-    optimizers: list[torch.optim.Optimizer],
-    train: TensorSampleSet,
-    config: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-    epoch: int,
-    parallel: DataParallel | None = None,
-    forward: torch.nn.Module | None = None,
-) -> tuple[float, int]:
-    """One pass over ``train``; returns (sample-weighted mean loss, samples seen).
+@dataclass
+class CTRTask:
+    """The CTR task of the one training loop: shuffled sample batches, the model's loss (BCE plus its own
+    terms), validation AUC."""
 
-    With ``parallel`` (torchrun), each global batch is cut across ranks and ``forward`` is the DDP wrapper.
-    """
-    model.train()
-    n_batches = math.ceil(len(train) / config.batch_size)
-    if config.max_steps_per_epoch is not None:
-        n_batches = min(n_batches, config.max_steps_per_epoch)
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    seen = 0
-    bar = tqdm(
-        total=n_batches,
-        desc=f"epoch {epoch}",
-        unit="batch",
-        leave=False,
-        disable=not _show_progress(config.progress),
-    )
-    try:
-        for step, batch in enumerate(train.batches(config.batch_size, shuffle=True, generator=generator)):
-            if step >= n_batches:
-                break
-            batch = _to_device(batch, device)
-            if parallel is not None:
-                batch, scale = parallel.shard(batch)
-                logits = forward(batch)
-            else:
-                logits = model(batch)
-            loss = model.loss(batch, logits)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            if parallel is not None:
-                # DDP averages gradients over ranks; the scale makes that the global batch's mean.
-                (loss * scale).backward()
-                parallel.sync_sparse_gradients(model)
-            else:
-                loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            # A rank with no sample in a short last batch ran one with zero weight: it counts none.
-            size = int(batch["label"].shape[0]) if parallel is None or scale else 0
-            # Accumulate on device: a .item() per step would force a GPU sync.
-            total_loss += loss.detach().double() * size
-            seen += size
-            bar.update(1)
-            if not bar.disable and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    finally:
-        bar.close()
-    if parallel is not None:
-        total, seen_all = parallel.all_sum(float(total_loss.item()), float(seen))
-        total_loss, seen = torch.tensor(total, dtype=torch.float64), int(seen_all)
-    mean_loss = float(total_loss.item() / max(seen, 1))
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch}")
-    return mean_loss, seen
+    train: TensorSampleSet
+    valid: TensorSampleSet | None
+    config: TrainConfig
+    monitor: str = "auc"
+    supports_parallel: bool = True
+
+    def optimizers(self, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+        return model.build_optimizers(self.config.lr, self.config.weight_decay)
+
+    def n_batches(self) -> int:
+        return math.ceil(len(self.train) / self.config.batch_size)
+
+    def batches(self, generator: torch.Generator):
+        return self.train.batches(self.config.batch_size, shuffle=True, generator=generator)
+
+    def loss(self, model: torch.nn.Module, forward: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        return model.loss(batch, forward(batch))
+
+    def batch_weight(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["label"].shape[0])
+
+    def validate(self, model: torch.nn.Module) -> dict[str, Any]:
+        return (
+            evaluate_model(model, self.valid, self.config.eval_batch_size) if self.valid is not None else {}
+        )
 
 
 def train_model(
@@ -321,33 +247,16 @@ def train_model(
     config: TrainConfig | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; keep, checkpoint and finally restore the best epoch by validation AUC.
+    """Train ``model`` in place with the one loop (``longrec.train.loop``); keep, checkpoint and finally
+    restore the best epoch by validation AUC.
 
     Without ``valid`` every epoch runs and the last one counts as best. With ``checkpoint_dir`` the best
-    state is also written to ``checkpoint_dir/best.pt``.
+    state is also written to ``checkpoint_dir/best.pt``. Under ``torchrun`` the loop runs DDP.
     """
     config = config or TrainConfig()
     if len(train) == 0:
         raise ValueError("the training set is empty")
-    set_seed(config.seed)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
-    parallel = DataParallel.current(device)  # None unless running under torchrun with > 1 process
-    if parallel is not None:
-        device = parallel.device
-    if config.retain_freed_memory and device.type == "cpu":
-        retain_freed_memory()
-    model.to(device)
-    optimizers = model.build_optimizers(config.lr, config.weight_decay)
-    forward = parallel.wrap(model) if parallel is not None else None
-    generator = torch.Generator().manual_seed(config.seed)
-    checkpoint_path = Path(checkpoint_dir) / BEST_CHECKPOINT_NAME if checkpoint_dir is not None else None
-
-    result = TrainResult()
-    best_auc = -math.inf
-    best_state: dict[str, Tensor] | None = None
-    epochs_without_gain = 0
     logger.info(
         "training %s on %d samples (%d valid) for up to %d epochs on %s",
         model.name,
@@ -356,67 +265,18 @@ def train_model(
         config.epochs,
         device,
     )
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        train_loss, seen = _train_one_epoch(
-            model, optimizers, train, config, generator, device, epoch, parallel, forward
-        )
-        train_seconds = time.perf_counter() - start
-        if parallel is None:
-            valid_metrics = evaluate_model(model, valid, config.eval_batch_size) if valid is not None else {}
-        else:
-            # Rank 0 validates and every rank takes its metrics, so all stop at the same epoch.
-            main_metrics = (
-                evaluate_model(model, valid, config.eval_batch_size)
-                if valid is not None and parallel.is_main
-                else {}
-            )
-            valid_metrics = parallel.broadcast(main_metrics)
-        record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_seconds": train_seconds,
-            "train_samples_per_second": seen / max(train_seconds, 1e-9),
-            "valid": valid_metrics,
-        }
-        result.history.append(record)
-        valid_auc = float(valid_metrics.get("auc", math.nan)) if valid is not None else math.inf
-        logger.info(
-            "epoch %d: train loss %.5f (%.0f samples/s), valid auc %.5f gauc %.5f logloss %.5f",
-            epoch,
-            train_loss,
-            record["train_samples_per_second"],
-            valid_metrics.get("auc", math.nan),
-            valid_metrics.get("gauc", math.nan),
-            valid_metrics.get("logloss", math.nan),
-        )
+    save_best = None
+    if checkpoint_dir is not None:
+        checkpoint_path = Path(checkpoint_dir) / BEST_CHECKPOINT_NAME
 
-        # NaN AUC (one-class validation set) never counts as an improvement.
-        if valid is None or valid_auc > best_auc:
-            best_auc = valid_auc
-            result.best_epoch = epoch
-            result.best_valid_metrics = dict(valid_metrics)
-            best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-            epochs_without_gain = 0
-            if checkpoint_path is not None and (parallel is None or parallel.is_main):
-                extra = {
-                    "epoch": epoch,
-                    "valid_metrics": valid_metrics,
-                    "train_config": dataclasses.asdict(config),
-                }
-                result.best_checkpoint = save_checkpoint(checkpoint_path, model, extra=extra)
-        else:
-            epochs_without_gain += 1
-            if epochs_without_gain >= config.patience and epoch < config.epochs:
-                logger.info("early stopping after epoch %d (best epoch %d)", epoch, result.best_epoch)
-                result.stopped_early = True
-                break
+        def save_best(epoch: int, valid_metrics: dict) -> Path:
+            extra = {
+                "epoch": epoch,
+                "valid_metrics": valid_metrics,
+                "train_config": dataclasses.asdict(config),
+            }
+            return save_checkpoint(checkpoint_path, model, extra=extra)
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        logger.warning(
-            "validation AUC was never defined (one-class validation set?); keeping the last weights"
-        )
+    result = fit(model, CTRTask(train, valid, config), config, device, valid is not None, save_best)
     logger.info("best epoch %d, valid metrics %s", result.best_epoch, result.best_valid_metrics)
     return result
