@@ -350,6 +350,8 @@ class EventLog:
         """Pull the whole view through the store's offline store (DuckDB, Spark, BigQuery, ...)."""
         feature_view = store.get_feature_view(view)
         source = feature_view.batch_source
+        # The offline-store API every Feast store implements (its optional time range left open); the
+        # provider is where FeatureStore keeps its configured offline store.
         job = store._get_provider().offline_store.pull_all_from_table_or_query(
             config=store.config,
             data_source=source,
@@ -361,7 +363,11 @@ class EventLog:
             end_date=None,
         )
         table = job.to_arrow()
-        stamps = table.column(source.timestamp_field).cast(pa.timestamp("s", tz="UTC"), safe=False).cast(pa.int64())
+        stamps = (
+            table.column(source.timestamp_field)
+            .cast(pa.timestamp("s", tz="UTC"), safe=False)
+            .cast(pa.int64())
+        )
         return cls.from_arrays(
             table.column("user_id").to_numpy(),
             stamps.to_numpy(),
