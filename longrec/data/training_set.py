@@ -17,6 +17,36 @@ SPEC_FILE = "feature_spec.json"
 META_FILE = "training_set.json"
 
 
+def training_set_meta(dataset, config, history_source: str, counts: dict[str, int] | None = None) -> dict:
+    """training_set.json: what the samples are (dataset, track, fingerprint, sample config) and how they
+    were built; the same for the pipeline's Feast build and the direct build from events."""
+    meta = {
+        "dataset": dataset.name,
+        "dataset_track": dataset.track,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "sample_config": config.to_dict(),
+        "history_source": history_source,
+    }
+    if counts is not None:
+        meta["n_samples"] = int(sum(counts.values()))
+        meta["n_samples_by_split"] = {str(k): int(v) for k, v in counts.items()}
+    return meta
+
+
+def build_training_set_from_events(dataset_dir: str | Path, config, output_dir: str | Path) -> dict:
+    """The build step without a feature store: an ingested dataset folder (as the pipeline's ingest step
+    writes it) to a training-set folder, histories cut straight from the events."""
+    from longrec.data.datasets import RecDataset
+    from longrec.data.samples import build_training_set
+
+    dataset = RecDataset.load(dataset_dir)
+    frame = build_training_set(dataset, config)
+    counts = frame["split"].value_counts().to_dict()
+    meta = training_set_meta(dataset, config, "events (last L events strictly before the target)", counts)
+    write_training_set(frame, dataset.feature_spec(config.max_history_length), output_dir, meta)
+    return meta
+
+
 def stack_sequences(column: pd.Series, dtype=np.int64) -> np.ndarray:
     """Object column of equal-length 1-d arrays -> 2-d array."""
     if len(column) == 0:

@@ -20,7 +20,13 @@ from feast import FeatureStore
 from longrec.data.datasets import RecDataset
 from longrec.data.samples import SampleConfig, assemble_training_set, build_targets
 from longrec.data.schema import SCALAR_SAMPLE_COLUMNS, SEQUENCE_SAMPLE_COLUMNS
-from longrec.data.training_set import META_FILE, SPEC_FILE, TRAINING_SET_FILE, stack_sequences
+from longrec.data.training_set import (
+    META_FILE,
+    SPEC_FILE,
+    TRAINING_SET_FILE,
+    stack_sequences,
+    training_set_meta,
+)
 from longrec.features.store import EventLog, FeatureConsistencyError, fetch_user_features, iter_history_chunks
 
 logger = logging.getLogger(__name__)
@@ -96,15 +102,12 @@ def build_training_set_from_features(
     build_seconds = time.time() - started
 
     spec = dataset.feature_spec(length)
-    meta = {
-        "dataset": dataset.name,
-        "dataset_track": dataset.track,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "sample_config": config.to_dict(),
-        "history_source": "feast offline store: event-log view, last L events strictly before target_timestamp",
-        "n_samples": n_samples,
-        "n_samples_by_split": counts,
-    }
+    meta = training_set_meta(
+        dataset,
+        config,
+        "feast offline store: event-log view, last L events strictly before target_timestamp",
+        counts,
+    )
     spec.to_json(output_dir / SPEC_FILE)
     (output_dir / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     logger.info(

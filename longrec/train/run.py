@@ -77,15 +77,17 @@ def train_from_training_set(
 
 
 def train_direct(params, output: str | Path) -> dict:
-    """Ingest, build (from events), validate, train and evaluate one model without KFP or Feast."""
-    from longrec.data.datasets import load_dataset
-    from longrec.data.samples import SampleConfig, build_training_set
-    from longrec.data.training_set import write_training_set
+    """The pipeline's steps for one model without KFP or Feast: the same library calls its components
+    make (ingest, build, validate, train, evaluate), with histories cut from the events instead of read
+    from the feature store."""
+    from longrec.data.ingest import ingest_dataset
+    from longrec.data.samples import SampleConfig
+    from longrec.data.training_set import build_training_set_from_events
     from longrec.eval.compare import compare_models
     from longrec.validation.run import validate_training_set_dir
 
     output = Path(output)
-    dataset = load_dataset(params.dataset, max_events=params.max_events or None)
+    ingest_dataset(params.dataset, output / "events", max_events=params.max_events or None)
     config = SampleConfig(
         max_history_length=params.max_history_length,
         split=params.split,
@@ -94,17 +96,13 @@ def train_direct(params, output: str | Path) -> dict:
         negative_sampling=params.negative_sampling,
         seed=params.seed,
     )
-    frame = build_training_set(dataset, config)
     training_dir = output / "training_set"
-    meta = {
-        "dataset": dataset.name,
-        "dataset_track": dataset.track,
-        "dataset_fingerprint": dataset.fingerprint(),
-        "sample_config": config.to_dict(),
-    }
-    write_training_set(frame, dataset.feature_spec(config.max_history_length), training_dir, meta)
+    build_training_set_from_events(output / "events", config, training_dir)
     validate_training_set_dir(
-        training_dir, output / "validation_report.html", output / "validation_results.json"
+        training_dir,
+        output / "validation_report.html",
+        output / "validation_results.json",
+        docs_dir=output / "validation_docs",
     )
     model_name = params.models[0]
     train_config = TrainConfig(
@@ -112,7 +110,7 @@ def train_direct(params, output: str | Path) -> dict:
         batch_size=params.batch_size,
         lr=params.learning_rate,
         seed=params.seed,
-        device="auto",
+        device=params.device,
     )
     model_dir = output / model_name
     train_from_training_set(training_dir, model_name, train_config, model_dir)
