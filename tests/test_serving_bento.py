@@ -38,12 +38,17 @@ def test_package_bento_component_then_serve_the_bento_by_tag(world, tmp_path: Pa
     assert (registry / "bentos" / bento_tag.replace(":", "/") / "bento.yaml").is_file()
     bento_yaml = (registry / "bentos" / bento_tag.replace(":", "/") / "bento.yaml").read_text()
     assert "MemoryShard0" in bento_yaml and "MemoryShard1" in bento_yaml
-    assert "torch==" in (registry / "bentos" / bento_tag.replace(":", "/") / "env/python/requirements.txt").read_text()
+    assert (
+        "torch=="
+        in (registry / "bentos" / bento_tag.replace(":", "/") / "env/python/requirements.txt").read_text()
+    )
 
     with ServeProcess(registry, free_port(), bento_tag=bento_tag) as server:
         candidates = [5, 17, 3, 42]
         response = httpx.post(
-            f"{server.url}/rank", json={"user_id": 3, "candidate_items": candidates, "timestamp": NOW}, timeout=10
+            f"{server.url}/rank",
+            json={"user_id": 3, "candidate_items": candidates, "timestamp": NOW},
+            timeout=10,
         )
         assert response.status_code == 200, response.text
         body = response.json()
@@ -83,7 +88,9 @@ def test_longrec_serve_cli(world, tmp_path: Path) -> None:  # noqa: F811
         deadline, answer = time.monotonic() + 120, None
         while time.monotonic() < deadline and cli.poll() is None:
             try:
-                answer = httpx.post(f"http://127.0.0.1:{port}/rank", json={"user_id": 2, "candidate_items": [1, 2]})
+                answer = httpx.post(
+                    f"http://127.0.0.1:{port}/rank", json={"user_id": 2, "candidate_items": [1, 2]}
+                )
                 if answer.status_code == 200:
                     break
             except httpx.HTTPError:
@@ -96,3 +103,27 @@ def test_longrec_serve_cli(world, tmp_path: Path) -> None:  # noqa: F811
         cli.wait(timeout=60)
     with pytest.raises(httpx.HTTPError):  # the service went down with the command
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_pipeline_packages_the_promoted_model_and_make_run_ends_by_serving_it(local_pipeline_run) -> None:
+    """The pipeline's package-bento step recorded a Bento for the production model; the end of `make run`
+    serves it, ranks test-period users and prints their top items and p50/p99."""
+    from longrec.registry.store import ModelRegistry
+    from longrec.serving.run import showcase_run
+
+    summary, registry = local_pipeline_run
+    assert summary.status == "succeeded" and summary.production_tag
+    tracks = [p.name.removesuffix(".bento.json") for p in (registry / "production").glob("*.bento.json")]
+    assert len(tracks) == 1
+    record = read_bento_record(registry, tracks[0])
+    assert (
+        record["model_tag"] == ModelRegistry(registry).production(tracks[0])["tag"] == summary.production_tag
+    )
+    lines: list[str] = []
+    result = showcase_run(
+        summary.run_dir, registry, echo=lines.append, port=free_port(), n_users=3, repeats=3
+    )
+    assert result["bento_tag"] == record["bento_tag"] and result["requests"] == 9
+    assert sum(line.startswith("  user ") for line in lines) == 3
+    assert any("p50" in line and "p99" in line for line in lines) and lines[-1] == "service stopped"
+    assert all(not user["flags"] for user in result["users"])
