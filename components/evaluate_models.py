@@ -41,13 +41,18 @@ def evaluate_models(
 
     import numpy as np
 
+    from longrec.data.training_set import read_training_meta
     from longrec.eval.compare import compare_models
     from longrec.eval.report import roc_points
+    from longrec.registry.store import ModelRegistry
 
+    meta = read_training_meta(training_set.path)
+    track = meta.get("dataset_track", meta.get("dataset"))
+    production = ModelRegistry(registry_dir or None).production_model(track)
     result = compare_models(
         training_set.path,
         [m.path for m in models],
-        registry_dir or None,
+        production,
         comparison_md=comparison.path,
         report_html=report.path,
         metrics_json=metrics_json.path,

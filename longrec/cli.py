@@ -374,7 +374,6 @@ def evaluate(
     result = compare_models(
         training_set,
         model_dirs,
-        None,
         comparison_md=output / "comparison.md",
         report_html=output / "comparison.html",
         metrics_json=output / "metrics.json",

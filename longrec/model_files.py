@@ -5,6 +5,7 @@ layer above it)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "MEMORY_DIR",
     "MODEL_META_FILE",
     "ModelFolderError",
+    "ProductionModel",
     "read_json_file",
 ]
 
@@ -35,3 +37,14 @@ def read_json_file(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ModelFolderError(f"{path} is not valid JSON: {error}") from error
+
+
+@dataclass(frozen=True)
+class ProductionModel:
+    """The production model of a track as the registry hands it to the evaluation (which never reads the
+    registry itself): its tag, folder and registered metadata, or why it could not be handed over."""
+
+    tag: str | None
+    path: Path | None = None
+    metadata: dict = field(default_factory=dict)
+    unavailable: str | None = None  # e.g. an unreadable pointer or a missing version

@@ -47,6 +47,11 @@ def build_training_set_from_events(dataset_dir: str | Path, config, output_dir: 
     return meta
 
 
+def read_training_meta(directory: str | Path) -> dict:
+    """training_set.json alone (what the samples are), without reading the samples."""
+    return json.loads((Path(directory) / META_FILE).read_text())
+
+
 def stack_sequences(column: pd.Series, dtype=np.int64) -> np.ndarray:
     """Object column of equal-length 1-d arrays -> 2-d array."""
     if len(column) == 0:

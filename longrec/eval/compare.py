@@ -14,7 +14,7 @@ import numpy as np
 
 from longrec.data.training_set import read_training_set, tensors_by_split
 from longrec.eval.ctr import ctr_metrics, rela_impr
-from longrec.model_files import CHECKPOINT_FILE, EVALUATION_FILE, MODEL_META_FILE
+from longrec.model_files import CHECKPOINT_FILE, EVALUATION_FILE, MODEL_META_FILE, ProductionModel
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +127,21 @@ class ProductionComparison:
         }
 
 
-def _production(registry_dir: str | Path | None, identity: dict, test) -> ProductionComparison:
+def _production(
+    production: ProductionModel | None, identity: dict, test, given: bool
+) -> ProductionComparison:
     track = identity.get("track")
-    if registry_dir is None or track is None:
+    if not given:
         return ProductionComparison("none", reason="no registry given: production not compared")
-    from longrec.registry.store import ModelRegistry, RegistryError
-
-    registry = ModelRegistry(registry_dir)
-    try:
-        pointer = registry.production(track)
-    except RegistryError as error:
-        return ProductionComparison("not_comparable", reason=f"the production pointer is unreadable: {error}")
-    if pointer is None:
+    if production is None:
         return ProductionComparison("none", reason=f"no production model for {track} yet")
-    tag = pointer["tag"]
+    tag = production.tag
+    if production.unavailable:
+        return ProductionComparison(
+            "not_comparable", tag, f"production {tag} is unavailable: {production.unavailable}"
+        )
     try:
-        stored = registry.stored(tag)
-        meta = stored.metadata
+        meta = production.metadata
         theirs = meta.get("sample_identity") or sample_identity(meta.get("training_set", {}))
         mismatches = identity_mismatches(identity, theirs)
         if mismatches:
@@ -153,13 +151,15 @@ def _production(registry_dir: str | Path | None, identity: dict, test) -> Produc
                 f"production {tag} was evaluated on other samples ({'; '.join(mismatches)}): its AUC on "
                 "these samples would not be a fair comparison",
             )
-        metrics, ckpt_meta, logits = _score(stored.path, test)
+        metrics, ckpt_meta, logits = _score(production.path, test)
     except Exception as error:  # unreadable files: never promote over what could not be scored
         return ProductionComparison(
             "not_comparable", tag, f"production {tag} could not be rescored: {type(error).__name__}: {error}"
         )
-    row = ModelScore(f"production ({tag})", ckpt_meta["model_name"], float("nan"), metrics, stored.path)
-    return ProductionComparison("comparable", tag, f"production {tag} rescored on these test samples", row, logits)
+    row = ModelScore(f"production ({tag})", ckpt_meta["model_name"], float("nan"), metrics, production.path)
+    return ProductionComparison(
+        "comparable", tag, f"production {tag} rescored on these test samples", row, logits
+    )
 
 
 def render_markdown(rows: list[ModelScore], candidate: str, notes: list[str]) -> str:
@@ -182,10 +182,13 @@ def render_markdown(rows: list[ModelScore], candidate: str, notes: list[str]) ->
     return "\n".join(lines) + "\n"
 
 
+_NOT_GIVEN = object()
+
+
 def compare_models(
     training_set_dir: str | Path,
     model_dirs: list[str | Path],
-    registry_dir: str | Path | None,
+    production: ProductionModel | None = _NOT_GIVEN,
     comparison_md: str | Path | None = None,
     report_html: str | Path | None = None,
     metrics_json: str | Path | None = None,
@@ -195,6 +198,10 @@ def compare_models(
     confidence: float = 0.95,
 ) -> ComparisonResult:
     """Score every model on the test split, pick the candidate by validation AUC, rescore production.
+
+    ``production`` is what the registry handed over for this training set's track (``None``: the track
+    has no production model yet; left out: no registry, nothing compared). The evaluation decides
+    whether it is comparable; it never reads the registry itself.
 
     Writes the Markdown/HTML table, a metrics JSON, the gate's inputs (candidate metrics, production's
     comparability and the paired lift with its interval) and (with candidate_dir) a copy of the candidate's
@@ -230,7 +237,9 @@ def compare_models(
     # The candidate is chosen on validation AUC; choosing on test AUC would overfit the test split.
     candidate = max(rows, key=lambda r: -math.inf if math.isnan(r.valid_auc) else r.valid_auc)
     notes = [f"candidate chosen by validation AUC: {candidate.label}", f"test set fingerprint {fingerprint}"]
-    production = _production(registry_dir, identity, test)
+    production = _production(
+        None if production is _NOT_GIVEN else production, identity, test, production is not _NOT_GIVEN
+    )
     notes.append(production.reason)
     lift = None
     if production.row is not None:

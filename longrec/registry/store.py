@@ -34,6 +34,7 @@ from longrec.model_files import (
     EVALUATION_FILE,
     MODEL_META_FILE,
     ModelFolderError,
+    ProductionModel,
     read_json_file,
 )
 from longrec.registry.bento_models import StoreError, create_model, find_model, list_stored_models
@@ -170,6 +171,21 @@ class ModelRegistry:
     def production_tag(self, track: str) -> str | None:
         pointer = self.production(track)
         return pointer["tag"] if pointer else None
+
+    def production_model(self, track: str) -> ProductionModel | None:
+        """The production model of a track for the evaluation, None when the track has none; a pointer or
+        version that cannot be read comes back as `unavailable` with the reason (never as "none")."""
+        try:
+            pointer = self.production(track)
+        except RegistryError as error:
+            return ProductionModel(None, unavailable=f"the production pointer is unreadable: {error}")
+        if pointer is None:
+            return None
+        try:
+            stored = self.stored(pointer["tag"])
+        except RegistryError as error:
+            return ProductionModel(pointer["tag"], unavailable=str(error))
+        return ProductionModel(pointer["tag"], stored.path, stored.metadata)
 
     def production_model_dir(self, track: str) -> Path | None:
         """Folder of the production model of a track, or None."""

@@ -117,7 +117,6 @@ def train_direct(params, output: str | Path) -> dict:
     result = compare_models(
         training_dir,
         [model_dir],
-        None,
         comparison_md=output / "comparison.md",
         metrics_json=output / "metrics.json",
     )
