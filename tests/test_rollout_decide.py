@@ -181,4 +181,22 @@ def test_the_test_does_not_look_before_each_arm_has_enough_users():
     frame = pd.DataFrame(rows, columns=["ts", "user_id", "arm", "clicked"]).assign(status="ok")
     curve = sequential_curve(frame, mixture_sd=0.05)
     assert MIN_USERS_FOR_TEST > 3
-    assert (curve["always_valid_p"] == 1.0).all()
+    assert (curve["always_valid_p"] == 1.0).all() and np.isinf(curve["variance"]).all()
+    # with enough users the same difference is found
+    many = frame.assign(
+        user_id=np.where(
+            frame["arm"] == CANDIDATE, "c" + (frame["ts"] // 10 % 30).astype(str), frame["user_id"]
+        )
+    )
+    assert sequential_curve(many, mixture_sd=0.05)["always_valid_p"].iloc[-1] < 0.05
+
+
+def test_final_comparison_and_curve_agree(rollout):
+    """The decision's always-valid p is the curve's last look: one variance, one test."""
+    experiment = rollout.start(rollout.tags[1], traffic=50, test=FAST)
+    log = RequestLogger(rollout.request_log)
+    log_synthetic_requests(log, experiment, 1000, {CONTROL: 0.2, CANDIDATE: 0.26}, seed=5)
+    analysis = rollout.analyse(experiment)
+    last = analysis.curve.iloc[-1]
+    assert analysis.comparison["msprt_lambda"] == pytest.approx(last["lambda"])
+    assert analysis.comparison["always_valid_p"] == pytest.approx(analysis.curve["always_valid_p"].min())

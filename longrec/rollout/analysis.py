@@ -118,8 +118,10 @@ def sequential_curve(frame: pd.DataFrame, mixture_sd: float) -> pd.DataFrame:
     looks = np.unique(np.r_[np.arange(LOOK_EVERY, len(shown) + 1, LOOK_EVERY), len(shown)])
     is_candidate = (shown["arm"] == CANDIDATE).to_numpy()
     # one code per (arm, user); per look, clicks and impressions per code by bincount over the prefix
-    codes, keys = pd.factorize(shown["arm"] + "\x00" + shown["user_id"].astype(str))
-    key_is_candidate = np.array([key.startswith(CANDIDATE + "\x00") for key in keys])
+    user_codes, user_keys = pd.factorize(shown["user_id"].astype(str))
+    codes = np.where(is_candidate, len(user_keys), 0) + user_codes  # candidate's users after control's
+    keys = np.arange(2 * len(user_keys))
+    key_is_candidate = keys >= len(user_keys)
     clicked = shown["clicked"].to_numpy(float)
     rows = []
     for look in looks:
@@ -226,8 +228,8 @@ def _arm_variances(requests: pd.DataFrame) -> tuple[float, float]:
     """User-level variances of the CTR of (control, candidate); inf for an arm with too few users."""
     users = user_level(_shown(requests)) if len(requests) else {}
     return tuple(
-        ratio_variance(*users[arm])
-        if arm in users and len(users[arm][1]) >= MIN_USERS_FOR_TEST
+        conservative_variance(ratio_variance(*users[arm]), len(users[arm][1]))
+        if arm in users
         else float("inf")
         for arm in ARMS
     )
