@@ -146,7 +146,7 @@ def pkm_read_reference(
     flat_slots, flat_weights = slots.reshape(q, -1), weights.reshape(q, -1).to(values.dtype)
     if sparse_grad and torch.is_grad_enabled() and values.requires_grad:
         return _WeightedBagSparseGrad.apply(values, flat_slots, flat_weights), slots, weights
-    # embedding_bag gathers and sums in one pass, ~30x faster than values[slots] followed by a sum.
+    # embedding_bag gathers and sums in one pass, without building the [Q, H·K, D] gathered rows.
     out = F.embedding_bag(flat_slots, values, per_sample_weights=flat_weights, mode="sum")
     return out, slots, weights
 

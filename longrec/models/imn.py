@@ -57,10 +57,9 @@ class IMNConfig:
     side_embedding_dim: int = 8  # width of each side-feature embedding
     dropout: float = 0.0  # dropout after each head hidden layer
     embedding_init_std: float = 0.05  # N(0, std) init, as DIN
-    # Multiplies the trainer's learning rate for this model's Adam. Measured on ML-100k (L=50, 3 epochs,
-    # seed 0): at lr 1e-3 IMN-3P+ trails DIN (test AUC 0.844 vs 0.880), at 3e-3 it leads (0.909 vs DIN's
-    # 0.895 at the same 3e-3): the GRU memory path learns slowly at 1e-3. Left at 1 so a shared lr stays
-    # shared; compare models at equal lr.
+    # Multiplies the trainer's learning rate for this model's Adam. The GRU memory path learns slowly at a
+    # small lr (benchmarks/results/imn_vs_din_ml100k.md); left at 1 so a shared lr stays shared: compare
+    # models at equal lr.
     learning_rate_scale: float = 1.0
 
     def __post_init__(self) -> None:

@@ -65,8 +65,7 @@ class LMNConfig:
     user_embedding_dim: int = 16  # width of each user-feature embedding in g
     memory_loss_weight: float = 0.1  # λ in BCE + λ·L_mem (the paper does not give it)
     # Read the last n valid history items; None = every one, as the spec has it. Per-axis top-K runs once
-    # per distinct item and batch row, so with these defaults an ML-100k (L=50) epoch costs ~1.6x DIN's
-    # (30 s vs 19 s in `make run`); 3.4x with 1,048,576 slots and K=32.
+    # per distinct item and batch row; every read pays the K×K grid (cost: benchmarks/results/lmn_*.md).
     memory_history_reads: int | None = None
     memory_pool: str = "mean"  # pool of m_j into the head: masked "mean" or DIN "attention" weights
     memory_lr: float | None = None  # SparseAdam lr of the value table; None = the trainer's lr

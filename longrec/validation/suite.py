@@ -846,8 +846,8 @@ def validate_training_set(
 
     derived = _derive_sequence_columns(frame, max_len)
     derive_seconds = time.perf_counter() - started
-    # GE fingerprints every batch by hashing it, and pickles the frame when cells are unhashable (~5 s for
-    # 250k x 3 arrays). The list contents are already reduced to derived columns, so the batch carries each
+    # GE fingerprints every batch by hashing it, and pickles the frame when cells are unhashable (slow for
+    # list cells). The list contents are already reduced to derived columns, so the batch carries each
     # list column's row lengths in its place (GE still checks the column is present). Built as a new frame
     # in one go: the caller's frame is untouched and pandas consolidates blocks once, not on every GE filter.
     columns = {c: frame[c].array for c in frame.columns}
