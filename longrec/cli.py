@@ -281,7 +281,7 @@ def train(
         learning_rate=learning_rate,
     )
     from longrec.data.datasets import DatasetError
-    from longrec.train.run import train_direct
+    from longrec.pipeline.direct import train_direct
 
     try:
         result = train_direct(params, output)

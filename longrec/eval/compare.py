@@ -74,7 +74,8 @@ def test_set_fingerprint(arrays: dict) -> str:
 
 
 def _score(model_dir: Path, test) -> tuple[dict, dict, np.ndarray]:
-    from longrec.train.trainer import load_checkpoint, predict
+    from longrec.eval.predict import predict
+    from longrec.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(model_dir / CHECKPOINT_FILE)
     logits = predict(model, test)

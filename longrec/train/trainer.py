@@ -1,29 +1,27 @@
-"""Training loop, prediction, evaluation and checkpoints for any ``CTRModel``.
+"""CTR training: ``TrainConfig`` and ``train_model``, the CTR task of the one loop (``longrec.train.loop``).
 
 Training keeps the weights of the epoch with the best validation AUC, stops early after ``patience``
-epochs without improvement, and restores the best weights before returning. Checkpoints are plain dicts
-(state_dict + JSON-able config and feature spec) loadable with ``torch.load(weights_only=True)``.
+epochs without improvement, and restores the best weights before returning. Prediction and evaluation
+live in ``longrec.eval.predict``, checkpoints in ``longrec.models.checkpoint``; both are re-exported here
+for the callers that train, score and save in one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from longrec.data.schema import FeatureSpec
 from longrec.data.tensors import TensorSampleSet
-from longrec.eval.ctr import ctr_metrics
+from longrec.eval.predict import evaluate_model, predict
 from longrec.models.base import CTRModel
-from longrec.models.registry import build_model
+from longrec.models.checkpoint import CHECKPOINT_FORMAT_VERSION, load_checkpoint, save_checkpoint
 from longrec.seeding import derive_seed
 from longrec.train.loop import FitResult, fit, set_seed
 
@@ -44,7 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT_VERSION = 1
 BEST_CHECKPOINT_NAME = "best.pt"
 
 
@@ -109,103 +106,6 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but CUDA is not available")
     return resolved
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def _to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    if device.type == "cpu":
-        return batch
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-@torch.no_grad()
-def predict(model: CTRModel, samples: TensorSampleSet, batch_size: int = 4096) -> np.ndarray:
-    """Logits for every sample, in order, as float32 [N]; eval mode, no gradients (mode restored after)."""
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        outputs = [
-            model(_to_device(batch, device)).float().cpu()
-            for batch in samples.batches(batch_size, shuffle=False)
-        ]
-    finally:
-        model.train(was_training)
-    if not outputs:
-        return np.zeros(0, dtype=np.float32)
-    return torch.cat(outputs).numpy()
-
-
-def evaluate_model(
-    model: CTRModel, samples: TensorSampleSet, batch_size: int = 4096
-) -> dict[str, float | int]:
-    """``ctr_metrics`` (AUC, GAUC, LogLoss, ...) of ``model`` on ``samples``."""
-    logits = predict(model, samples, batch_size)
-    return ctr_metrics(samples["user_id"].numpy(), samples["label"].numpy(), logits)
-
-
-def _json_roundtrip(value: Any) -> Any:
-    """Force a JSON-able value (tuples → lists); what ``weights_only`` loading accepts."""
-    return json.loads(json.dumps(value))
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: CTRModel,
-    model_name: str | None = None,
-    model_config: Any = None,
-    spec: FeatureSpec | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``{state_dict, model_name, model_config, spec, extra}`` with ``torch.save``; returns the path.
-
-    Name, config and spec default to the model's own. The file is written next to its destination and
-    renamed, so a crash never leaves a half-written checkpoint behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    config = model_config if model_config is not None else model.config
-    spec = spec if spec is not None else model.spec
-    payload = {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "model_name": model_name or model.name,
-        "model_config": _json_roundtrip(
-            dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-        ),
-        "spec": _json_roundtrip(dataclasses.asdict(spec)),
-        "extra": _json_roundtrip(extra or {}),
-        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[CTRModel, dict[str, Any]]:
-    """Rebuild a model from a checkpoint through the registry; returns (model in eval mode, meta).
-
-    ``meta`` holds ``model_name``, ``model_config`` (dict), ``spec`` (a ``FeatureSpec``), ``extra`` and
-    ``format_version``.
-    """
-    payload = torch.load(Path(path), map_location=map_location, weights_only=True)
-    version = payload.get("format_version")
-    if version != CHECKPOINT_FORMAT_VERSION:
-        raise ValueError(f"unsupported checkpoint format {version!r} in {path}")
-    spec = FeatureSpec.from_dict(payload["spec"])
-    model = build_model(payload["model_name"], spec, payload["model_config"])
-    model.load_state_dict(payload["state_dict"])
-    model.to(map_location)
-    model.eval()
-    meta = {key: value for key, value in payload.items() if key != "state_dict"}
-    meta["spec"] = spec
-    return model, meta
 
 
 @dataclass
