@@ -208,6 +208,15 @@ def pit_probe(n_users: int, per_user: int, workdir: Path) -> dict:
     }
 
 
+def old_snapshot_values(dataset_dir: Path, length: int) -> int:
+    """List values in the old per-(user, second) snapshot file of this dataset at this L."""
+    from longrec.data.datasets import RecDataset
+    from longrec.features.store import _snapshot_plan
+
+    _, _, _, starts, ends = _snapshot_plan(RecDataset.load(dataset_dir).events, length)
+    return int((ends - starts + 1).sum())
+
+
 def old_tree(commit: str, into: Path) -> Path:
     """The `longrec` package as of `commit`, extracted under `into`."""
     archive = into / "old.tar"
@@ -267,6 +276,12 @@ def run(dataset: str, length: int, stores: list[str], timeout: int, old_commit: 
                 "wall_seconds": round(time.time() - started, 1),
                 "peak_rss_gib": max((s["peak_rss_gib"] for s in stages), default=None),
                 "stages": stages,
+                # What the old store's materialize has to write: one L-long snapshot per (user, second).
+                **(
+                    {"old_snapshot_values": old_snapshot_values(dataset_dir, length)}
+                    if store == "old"
+                    else {}
+                ),
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -303,6 +318,14 @@ def render(rows: list[dict], probes: list[dict]) -> str:
             f"{stages.get('materialize', {}).get('seconds', '—')} | {step} | {fetch} | "
             f"{row['peak_rss_gib']} | {count} |"
         )
+    for row in rows:
+        if row.get("old_snapshot_values") and row["status"] != "ok":
+            lines += [
+                "",
+                f"{row['dataset']}, old: its materialize step alone has to write {row['old_snapshot_values']:,} "
+                f"snapshot list values (x2 columns, int64) at L={row['max_history_length']}; it had not finished "
+                "when the time box stopped it.",
+            ]
     if probes:
         lines += [
             "",
@@ -366,6 +389,8 @@ def main() -> None:
                     "requests": n_users * per_user,
                     "status": f"stopped after the {args.timeout} s time box",
                 }
+            except subprocess.CalledProcessError as error:  # e.g. -9: the kernel's OOM killer
+                probe = {"requests": n_users * per_user, "status": f"died (exit {error.returncode})"}
             probe |= {
                 "users": n_users,
                 "events_per_user": per_user,
