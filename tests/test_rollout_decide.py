@@ -200,3 +200,10 @@ def test_final_comparison_and_curve_agree(rollout):
     last = analysis.curve.iloc[-1]
     assert analysis.comparison["msprt_lambda"] == pytest.approx(last["lambda"])
     assert analysis.comparison["always_valid_p"] == pytest.approx(analysis.curve["always_valid_p"].min())
+
+
+def test_slow_candidate_breaks_the_latency_guardrail(rollout):
+    rollout.start(rollout.tags[1], traffic=25, test=FAST)
+    actions = _drive(rollout, {CONTROL: 0.2, CANDIDATE: 0.2}, latency_ms={CONTROL: 20.0, CANDIDATE: 400.0})
+    assert actions == [(ROLLBACK, 25)]
+    assert "p99 latency" in rollout.store.audit(rollout.current().id)[-1]["reason"]

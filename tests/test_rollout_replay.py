@@ -136,3 +136,18 @@ def test_stub_speaks_the_contract(setup):
     assert response["arm"] == "control" and response["model_tag"] == control  # no experiment: production
     refused = httpx.post(f"{url}/rank", json={**body, "as_of": 1})  # extra fields: refused like the service
     assert refused.status_code == 400
+
+
+def test_position_biased_clicks_fall_with_the_position(setup):
+    rollout, control, candidate, start_service, requests = setup
+    _, url = start_service(("popularity", "random"))
+    log = RequestLogger(rollout.request_log)
+    replay(url, requests[:600], log, click_model="position", seed=1, progress=False)
+    frame = read_requests(rollout.request_log)
+    shown = frame[frame["position"] > 0]
+    assert len(shown) > 100
+    # clicks only where the item was shown, and at about the examination probability 1/log2(1 + position)
+    assert not frame.loc[frame["position"] == 0, "clicked"].any()
+    expected = (1 / np.log2(shown["position"] + 1)).mean()
+    assert abs(shown["clicked"].mean() - expected) < 0.08
+    assert shown["clicked"].mean() < 1.0
