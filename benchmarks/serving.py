@@ -22,6 +22,7 @@ import os
 import platform
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         payload = {
             "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py "
-            + " ".join(argv or []),
+            + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": {
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
