@@ -185,3 +185,46 @@ def test_corrupted_shard_file_keeps_the_service_unready_naming_it(world, tmp_pat
             process.wait_ready(timeout=2)
     finally:
         process.stop()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_stopped_under_a_served_ranker_falls_back_and_recovers(world, tmp_path: Path) -> None:  # noqa: F811
+    import subprocess
+
+    from longrec.features.store import create_feature_repo, materialize
+    from longrec.serving.demo import demo_frames
+
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    server = None
+    try:
+        time.sleep(0.5)
+        events, items, users = demo_frames(world["spec"], events_per_user=11)
+        store = create_feature_repo(
+            tmp_path / "repo", events, items, users, world["spec"].max_history_length,
+            online_store={"type": "redis", "connection_string": f"localhost:{port}"},
+        )  # fmt: skip
+        materialize(store)
+        config = prepare_serving(world["root"] / "registry", world["tags"]["din"], 2, tmp_path / "repo")
+        server = ServeProcess(world["root"] / "registry", free_port(), config=config).__enter__()
+        body = {"user_id": 3, "candidate_items": [1, 2, 3, 4], "timestamp": NOW}
+        normal = rank(server, body).json()
+        assert not normal["feature_fallback"] and normal["history_length"] == 8
+        redis.terminate()
+        redis.wait(timeout=10)
+        started = time.perf_counter()
+        down = rank(server, body)
+        assert down.status_code == 200 and time.perf_counter() - started < 5
+        assert down.json()["feature_fallback"] and down.json()["history_length"] == 0
+        assert 'longrec_rank_flags_total{flag="feature_fallback"}' in httpx.get(f"{server.url}/metrics").text
+        redis = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # back, empty: materialize again
+        time.sleep(0.5)
+        materialize(store)
+        back = rank(server, body).json()
+        assert not back["feature_fallback"] and back["items"] == normal["items"]
+    finally:
+        if server is not None:
+            server.stop()
+        redis.terminate()
+        redis.wait(timeout=10)
