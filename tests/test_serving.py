@@ -256,20 +256,26 @@ def test_redis_down_falls_back_and_recovers(world, tmp_path: Path) -> None:
         server.wait(timeout=10)
 
 
-def _service_module(world, monkeypatch, name: str, tmp_path: Path):
-    """serving/service.py imported fresh for stored model ``name`` (BENTOML_HOME = the registry)."""
+@pytest.fixture
+def service_module(world, monkeypatch, tmp_path: Path):
+    """serving/service.py imported fresh for the stored LMN model (the registry as BentoML's model store);
+    the global model store and the module are put back afterwards."""
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models.model import ModelStore
 
-    config = prepare_serving(world["root"] / "registry", world["tags"][name], 2, world["repo"])
+    config = prepare_serving(world["root"] / "registry", world["tags"]["lmn"], 2, world["repo"])
     monkeypatch.setenv("LONGREC_SERVING_CONFIG", str(config.to_json(tmp_path / "serving.json")))
     BentoMLContainer.model_store.set(ModelStore(str(world["root"] / "registry" / "models")))
     sys.modules.pop("serving.service", None)
-    return importlib.import_module("serving.service")
+    try:
+        yield importlib.import_module("serving.service")
+    finally:
+        sys.modules.pop("serving.service", None)
+        BentoMLContainer.model_store.reset()
 
 
-def test_service_classes_in_process(world, monkeypatch, tmp_path: Path) -> None:
-    service = _service_module(world, monkeypatch, "lmn", tmp_path)
+def test_service_classes_in_process(world, service_module) -> None:
+    service = service_module
     assert set(service.Ranker.dependencies) == {"memory_shard_0", "memory_shard_1"}
     ranker = service.Ranker()  # its shard dependencies are instantiated in process too
     assert ranker.__is_ready__()
