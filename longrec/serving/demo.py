@@ -52,7 +52,7 @@ def demo_frames(
 
 def write_model_dir(model, model_dir: str | Path, memory_shards: int = 4) -> Path:
     """model.pt, model_meta.json and (LMN) the memory shards, as ``longrec.train.run`` writes them."""
-    from longrec.train.trainer import save_checkpoint
+    from longrec.models.checkpoint import save_checkpoint
 
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class ModelScorer:
     """One loaded model version: ``encode_user`` once per request, then ``score_candidates``."""
 
     def __init__(self, model_dir: str | Path, tag: str, manifest: dict[str, str] | None = None) -> None:
-        from longrec.train.trainer import load_checkpoint
+        from longrec.models.checkpoint import load_checkpoint
 
         model_dir = Path(model_dir)
         if manifest:
