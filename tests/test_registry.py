@@ -343,3 +343,17 @@ def test_registry_cli_list_show_history_rollback(two_versions, tmp_path):
     wrong_track = runner.invoke(app, ["registry", "promote", a, "--track", "other", "--reason", "x", *root])
     assert wrong_track.exit_code == 2 and "not other" in wrong_track.output
     assert ModelRegistry(registry.root).production("ml-100k")["tag"] == a  # failed commands changed nothing
+
+
+def test_serving_sidecars_and_shard_models_are_not_tracks_or_versions(two_versions, tmp_path):
+    registry, (a, _) = fresh_copy(two_versions, tmp_path)
+    registry.promote(a, "ml-100k")
+    (registry.root / "production" / "ml-100k.bento.json").write_text(json.dumps({"bento_tag": "x:y"}))
+    assert registry.tracks() == ["ml-100k"]
+    shard_dir = registry.root / "models" / "longrec-ml-100k-lmn-memory-shard0-of-2" / "v1"
+    shard_dir.mkdir(parents=True)
+    (shard_dir / "model.yaml").write_text(
+        "name: longrec-ml-100k-lmn-memory-shard0-of-2\nversion: v1\nlabels:\n  role: memory-shard\n"
+        "metadata: {}\ncreation_time: '2026-01-01T00:00:00+00:00'\n"
+    )
+    assert all("memory-shard" not in row["tag"] for row in registry.list_models())

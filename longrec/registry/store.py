@@ -323,7 +323,7 @@ class ModelRegistry:
         """Tracks that have a production pointer."""
         tracks = []
         for path in sorted((self.root / "production").glob("*.json")):
-            if path.name.endswith(".intent.json"):
+            if path.name.endswith((".intent.json", ".bento.json")):  # journals and serving's Bento sidecars
                 continue
             with contextlib.suppress(json.JSONDecodeError, OSError):
                 tracks.append(json.loads(path.read_text()).get("dataset", path.stem))
@@ -413,6 +413,8 @@ class ModelRegistry:
         """Every stored version with its tag, labels, live stage and test AUC (oldest first)."""
         rows = []
         for model in list_stored_models(self.root):
+            if model.labels.get("role") == "memory-shard":  # serving's per-shard copies of an LMN memory
+                continue
             model_track = model.metadata.get("track", model.metadata.get("dataset"))
             if track is not None and model_track != track:
                 continue
