@@ -95,6 +95,7 @@ class Ranker:
                 memory_dir=self.memory_index.path if n_shards else None,
                 shard_clients=[_gather_client(shard, self) for shard in shards],
                 shard_dirs=[bentoml.models.get(tag).path for tag in CONFIG.shard_tags],
+                candidate_dir=self.candidate_ref.path if CONFIG.candidate_tag else None,
             )
             self.ranker.warm_up()
         except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
@@ -163,6 +164,8 @@ def _gather_client(shard, owner: Ranker):
 
 if CONFIG is not None:
     Ranker.model_ref = bentoml.models.BentoModel(CONFIG.model_tag)
+    if CONFIG.candidate_tag:  # A/B rollout: the candidate version beside production
+        Ranker.candidate_ref = bentoml.models.BentoModel(CONFIG.candidate_tag)
     if CONFIG.shard_tags:  # the ranker reads the manifest and the replicated keys from shard 0's model
         Ranker.memory_index = bentoml.models.BentoModel(CONFIG.shard_tags[0])
     for _index, _tag in enumerate(CONFIG.shard_tags):

@@ -1,9 +1,9 @@
-"""The rollout hooks wired into the real serving `Ranker` (longrec/serving/ranker.py), in process: two DIN
-versions (random weights) as the control and candidate arms, `arm_for` answered by `RolloutHooks.assign`,
-every request recorded by `RolloutHooks.record`. This is the wiring the BentoML service still lacks (it
-serves one arm); the test shows the hooks fit the ranker as it is, not a quality comparison."""
+"""The serving `Ranker` (longrec/serving/ranker.py) with the rollout's hooks, in process: two DIN versions
+(random weights) as the production ("main", the control arm) and candidate models, users routed by the
+experiment's sticky assignment, every request recorded in the rollout's request log. The BentoML service
+builds the same Ranker (`longrec.serving.service_support.build_ranker`) when its config names a candidate
+and a rollout folder; the test shows the routing and logging, not a quality comparison."""
 
-import time
 
 import numpy as np
 import torch
@@ -34,31 +34,6 @@ class _Registry:
         return self.pointer
 
 
-class RolloutRanker(Ranker):
-    """The serving Ranker with its one-arm `arm_for` replaced by the experiment's sticky assignment."""
-
-    def __init__(self, scorers, hooks):
-        super().__init__(scorers, features=None)
-        self.hooks = hooks
-        self.last = None
-
-    def arm_for(self, user_id):
-        self.last = self.hooks.assign(user_id)
-        return self.last.arm if self.last.experiment_id is not None else CONTROL
-
-    def rank_and_record(self, request):
-        started = time.perf_counter()
-        response = self.rank(request)
-        request_id = self.hooks.record(
-            self.last, user_id=request.user_id, model_tag=response.model_tag,
-            items=[item.item_id for item in response.items], scores=[item.score for item in response.items],
-            latency_ms=(time.perf_counter() - started) * 1000, history_length=response.history_length,
-            flags={"degraded_memory": response.degraded_memory, "feature_fallback": response.feature_fallback},
-        )  # fmt: skip
-        return {**response.model_dump(), "arm": self.last.arm, "experiment_id": self.last.experiment_id,
-                "request_id": request_id}  # fmt: skip
-
-
 def test_real_ranker_serves_each_user_from_their_arm(tmp_path):
     spec = demo_spec(n_users=400, n_items=60)
     scorers = {}
@@ -73,10 +48,14 @@ def test_real_ranker_serves_each_user_from_their_arm(tmp_path):
         actor="t",
     )
     experiment = rollout.start(scorers[CANDIDATE].tag, traffic=25, salt="ranker-test")
-    ranker = RolloutRanker(scorers, RolloutHooks(DATASET, tmp_path / "rollout", refresh_s=0))
+    hooks = RolloutHooks(DATASET, tmp_path / "rollout", refresh_s=0)
+    ranker = Ranker({"main": scorers[CONTROL], CANDIDATE: scorers[CANDIDATE]}, None, hooks=hooks)
+
+    def rank_and_record(request):
+        return ranker.rank(request).model_dump()
 
     candidates = list(range(1, 21))
-    responses = {user: ranker.rank_and_record(RankRequest(user_id=user, candidate_items=candidates, top_k=5))
+    responses = {user: rank_and_record(RankRequest(user_id=user, candidate_items=candidates, top_k=5))
                  for user in range(1, 400)}  # fmt: skip
     for user, response in responses.items():
         expected = arm_of_bucket(bucket("ranker-test", user), 25)
@@ -99,5 +78,7 @@ def test_real_ranker_serves_each_user_from_their_arm(tmp_path):
     assert not np.allclose(control_scores, candidate_scores)
 
     rollout.rollback("test")
-    after = ranker.rank_and_record(RankRequest(user_id=1, candidate_items=candidates, top_k=5))
-    assert after["arm"] == CONTROL and after["model_tag"] == scorers[CONTROL].tag
+    after = rank_and_record(RankRequest(user_id=1, candidate_items=candidates, top_k=5))
+    # No experiment any more: everyone gets production, answered (and logged) as "main".
+    assert after["arm"] == "main" and after["experiment_id"] is None
+    assert after["model_tag"] == scorers[CONTROL].tag and after["request_id"]

@@ -32,6 +32,11 @@ class ServingConfig:
     feature_store_yaml: str | None = None  # e.g. a Redis config; default <feature_repo>/feature_store.yaml
     shard_timeout_s: float = 0.5  # deadline of one memory gather; past it the slots read as zero
     shard_retry_after_s: float = 1.0  # a failed shard is skipped this long before it is asked again
+    # A/B rollout: the candidate version loaded beside the production model (no memory shards of its own),
+    # and the rollout state folder whose experiment assigns users to arms and logs every request.
+    candidate_tag: str | None = None
+    candidate_files: dict[str, str] = field(default_factory=dict)
+    rollout_dir: str | None = None  # None: no assignment, no request log (one arm, "main")
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -43,7 +48,8 @@ class ServingConfig:
         return cls(**json.loads(Path(path).read_text()))
 
     def with_environment(self) -> ServingConfig:
-        """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S."""
+        """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S,
+        LONGREC_ROLLOUT_DIR."""
         values = asdict(self)
         if os.environ.get("LONGREC_FEATURE_REPO"):
             values["feature_repo"] = os.environ["LONGREC_FEATURE_REPO"]
@@ -51,6 +57,8 @@ class ServingConfig:
             values["feature_store_yaml"] = os.environ["LONGREC_FEATURE_STORE_YAML"]
         if os.environ.get("LONGREC_SHARD_TIMEOUT_S"):
             values["shard_timeout_s"] = float(os.environ["LONGREC_SHARD_TIMEOUT_S"])
+        if os.environ.get("LONGREC_ROLLOUT_DIR"):  # a Bento on a cluster: the shared rollout state volume
+            values["rollout_dir"] = os.environ["LONGREC_ROLLOUT_DIR"]
         return ServingConfig(**values)
 
 

@@ -7,6 +7,7 @@ beside the first; today every user goes to the single arm ``"main"``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -32,7 +33,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MAIN_ARM = "main"
+MAIN_ARM = "main"  # no experiment: the production model
+CONTROL_ARM, CANDIDATE_ARM = "control", "candidate"  # the A/B arms (longrec.rollout.assignment)
 MODEL_FILES = ("model.pt", "model_meta.json")
 
 
@@ -139,12 +141,14 @@ class Ranker:
         scorers: dict[str, ModelScorer],
         features: OnlineFeatures | None,
         metrics: RankerMetrics | None = None,
+        hooks=None,
     ) -> None:
         if not scorers:
             raise ValueError("a ranker needs at least one model")
         self.scorers = scorers
         self.features = features
         self.metrics = metrics or RankerMetrics()
+        self.hooks = hooks  # longrec.rollout.hooks.RolloutHooks: assignment and request log, or None
 
     def warm_up(self) -> None:
         """Score one synthetic full-length request per model without the feature store, so kernels
@@ -159,9 +163,26 @@ class Ranker:
             batches = build_batches(scorer.spec, 1, user, np.array([1]), np.array([0]), request_time=length)
             scorer.score(*batches)
 
-    def arm_for(self, user_id: int) -> str:
-        """The arm serving ``user_id`` (one arm today; an A/B split would bucket users here)."""
-        return MAIN_ARM
+    def arm_for(self, user_id: int):
+        """(arm, scorer key, assignment) for ``user_id``. Without a rollout: ("main", "main", None). With one,
+        the experiment's sticky assignment; a user assigned to a candidate this process has not loaded
+        (the experiment changed after start-up) is served and logged as control, which the rollout's
+        sample-ratio check then reports."""
+        if self.hooks is None:
+            return MAIN_ARM, MAIN_ARM, None
+        assignment = self.hooks.assign(user_id)
+        if assignment.experiment_id is None:  # no experiment: production, logged as "main"
+            return MAIN_ARM, MAIN_ARM, dataclasses.replace(assignment, arm=MAIN_ARM)
+        candidate = self.scorers.get(CANDIDATE_ARM)
+        if (
+            assignment.arm == CANDIDATE_ARM
+            and candidate is not None
+            and candidate.tag == assignment.model_tag
+        ):
+            return CANDIDATE_ARM, CANDIDATE_ARM, assignment
+        if assignment.arm == CANDIDATE_ARM:
+            assignment = dataclasses.replace(assignment, arm=CONTROL_ARM, model_tag=None)
+        return CONTROL_ARM, MAIN_ARM, assignment
 
     def ready(self) -> tuple[bool, str]:
         """(ready, reason): model(s) loaded, features reachable, every shard loaded."""
@@ -185,8 +206,8 @@ class Ranker:
     def rank(self, request: RankRequest) -> RankResponse:
         """Score every candidate of ``request`` in one pass and return them best first."""
         started = time.perf_counter()
-        arm = self.arm_for(request.user_id)
-        scorer = self.scorers[arm]
+        arm, key, assignment = self.arm_for(request.user_id)
+        scorer = self.scorers[key]
         candidates = np.asarray(request.candidate_items, dtype=np.int64)
         scorer.check_items(candidates, "candidate_items")
         if request.history is not None:
@@ -221,8 +242,25 @@ class Ranker:
             feature_fallback=user.fallback,
             degraded_memory=degraded,
         )
+        response.arm = arm
         for flag in ("unknown_user", "feature_fallback", "degraded_memory"):
             if getattr(response, flag):
                 self.metrics.count_flag(flag)
-        self.metrics.observe_request(arm, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if assignment is not None:  # the rollout's append-only request log (survives restarts)
+            response.experiment_id = assignment.experiment_id
+            response.request_id = self.hooks.record(
+                assignment,
+                user_id=request.user_id,
+                items=[item.item_id for item in response.items],
+                scores=[item.score for item in response.items],
+                latency_ms=seconds * 1000,
+                model_tag=scorer.tag,
+                history_length=response.history_length,
+                flags={
+                    flag: getattr(response, flag)
+                    for flag in ("unknown_user", "feature_fallback", "degraded_memory")
+                },
+            )
+        self.metrics.observe_request(arm, seconds)
         return response

@@ -44,9 +44,16 @@ def resolve_target(
     n_shards: int = DEFAULT_SHARDS,
     shard_timeout_s: float | None = None,
     use_bento: bool = True,
+    rollout_dir: str | Path | None = None,
 ) -> ServeTarget:
-    """The production model of ``dataset`` (its recorded Bento if built for it) or the model ``tag``."""
+    """The production model of ``dataset`` (its recorded Bento if built for it) or the model ``tag``.
+
+    Served by dataset, the ranker logs every request to the rollout's request log, and when an A/B
+    experiment runs on the dataset it loads the candidate beside production and serves users by arm
+    (then always through the service module with a generated config, which names both models).
+    """
     from longrec.registry.store import ModelRegistry, RegistryError
+    from longrec.rollout.state import ExperimentStore, default_rollout_dir
 
     if (tag is None) == (dataset is None):
         raise ValueError("give exactly one of --tag and --dataset")
@@ -61,7 +68,13 @@ def resolve_target(
         if record is not None and record.get("model_tag") != tag:
             record = None  # built for an earlier production model
     registry.model_path(tag)  # RegistryError naming the tag if it is not stored
-    overrides = feature_repo or feature_store_yaml or shard_timeout_s is not None
+    experiment = None
+    if dataset is not None:
+        rollout_dir = Path(rollout_dir or default_rollout_dir()).resolve()
+        store = ExperimentStore(rollout_dir)
+        experiment = store.active(dataset)
+        store.close()
+    overrides = feature_repo or feature_store_yaml or shard_timeout_s is not None or experiment is not None
     if (
         use_bento
         and record is not None
@@ -75,6 +88,13 @@ def resolve_target(
         config.feature_store_yaml = str(Path(feature_store_yaml).resolve())
     if shard_timeout_s is not None:
         config.shard_timeout_s = shard_timeout_s
+    if dataset is not None:
+        config.rollout_dir = str(rollout_dir)
+    if experiment is not None:
+        from longrec.serving.ranker import file_manifest
+
+        config.candidate_tag = experiment.candidate_tag
+        config.candidate_files = file_manifest(registry.model_path(experiment.candidate_tag))
     return ServeTarget(tag, config=config)
 
 

@@ -93,3 +93,6 @@ class RankResponse(BaseModel):
     degraded_memory: bool = Field(
         description="A memory shard did not answer in time: its slots were read as zero."
     )
+    arm: str = Field("main", description="A/B arm that served the request: control, candidate, or main.")
+    experiment_id: int | None = Field(None, description="The running A/B experiment, if any.")
+    request_id: str | None = Field(None, description="Id of this request in the rollout's request log.")

@@ -62,6 +62,7 @@ def build_ranker(
     shard_clients: Sequence[Callable] = (),
     with_metrics: bool = True,
     shard_dirs: Sequence[str | Path] = (),
+    candidate_dir: str | Path | None = None,
 ):
     """A ``Ranker`` for ``config``: the model checked against its manifest, the memory index (manifest and
     keys) from ``memory_dir``, gathers through ``shard_clients``, features from the configured Feast repo."""
@@ -104,7 +105,28 @@ def build_ranker(
     features = None
     if config.feature_repo:
         features = OnlineFeatures(config.feature_repo, scorer.spec.n_items, config.feature_store_yaml)
-    return Ranker({"main": scorer}, features, metrics)
+    scorers = {"main": scorer}
+    if config.candidate_tag:
+        if candidate_dir is None:
+            raise ModelFileError(f"the A/B candidate {config.candidate_tag} has no model folder")
+        candidate = ModelScorer(candidate_dir, config.candidate_tag, config.candidate_files)
+        if candidate.needs_memory:
+            raise ModelFileError(
+                f"the A/B candidate {config.candidate_tag} ({candidate.name}) needs memory shard services of "
+                "its own, which an A/B ranker does not start: roll out a model without a memory, or promote it"
+            )
+        if candidate.spec.n_items != scorer.spec.n_items:
+            raise ModelFileError(
+                f"the A/B candidate {config.candidate_tag} knows {candidate.spec.n_items} items, production "
+                f"{scorer.spec.n_items}: the two arms must share one item vocabulary"
+            )
+        scorers["candidate"] = candidate
+    hooks = None
+    if config.rollout_dir and config.dataset:
+        from longrec.rollout.hooks import RolloutHooks
+
+        hooks = RolloutHooks(config.dataset, state_dir=config.rollout_dir)
+    return Ranker(scorers, features, metrics, hooks)
 
 
 class BodyGuard:
