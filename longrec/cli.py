@@ -26,7 +26,9 @@ def _mount_experiments() -> None:
     app.add_typer(nextitem_app, name="nextitem", help="Next-item ranking (RecBLR, SASRec): HR/NDCG/MRR@K.")
     from longrec.rollout.cli import rollout_app
 
-    app.add_typer(rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report.")
+    app.add_typer(
+        rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report."
+    )
     from longrec.registry.cli import registry_app
 
     app.add_typer(registry_app, name="registry")
@@ -105,6 +107,11 @@ def run(
     serve_demo: bool = typer.Option(
         True, help="End by serving the production model and ranking a few test-period users."
     ),
+    ab_demo: bool = typer.Option(
+        True,
+        help="Then run a short replayed A/B of the production model against the model it replaced (or this "
+        "run's DIN) through the served ranker, and print the rollout's decisions.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole training pipeline locally (kfp.local) and print the comparison and the decision."""
@@ -152,6 +159,11 @@ def run(
 
         typer.echo("")
         showcase_run(summary.run_dir, registry_dir.resolve(), echo=typer.echo)
+    if ab_demo:
+        from longrec.pipeline.ab_demo import replayed_ab_after_run
+
+        typer.echo("")
+        replayed_ab_after_run(summary.run_dir, registry_dir.resolve(), echo=typer.echo)
 
 
 @pipeline_app.command("compile")

@@ -74,6 +74,9 @@ def resolve_target(
         store = ExperimentStore(rollout_dir)
         experiment = store.active(dataset)
         store.close()
+        if experiment is not None:  # the experiment names both arms: its control is served as "main"
+            tag = experiment.control_tag
+            registry.model_path(tag)
     overrides = feature_repo or feature_store_yaml or shard_timeout_s is not None or experiment is not None
     if (
         use_bento
