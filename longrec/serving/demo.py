@@ -70,19 +70,7 @@ def write_model_dir(model, model_dir: str | Path, memory_shards: int = 4) -> Pat
 
 def store_model_dir(registry_root: str | Path, model_dir: str | Path, name: str) -> str:
     """Copy a model folder into the registry's BentoML model store as ``name``; returns the tag."""
-    import shutil
-
-    import bentoml
-    from bentoml._internal.models.model import ModelStore
+    from longrec.registry.bento_models import create_model
 
     root = Path(registry_root).resolve()
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    store = ModelStore(str(root / "models"))
-    with bentoml.models.create(name, labels={"stage": "candidate"}, _model_store=store) as model:
-        for entry in Path(model_dir).iterdir():
-            target = Path(model.path) / entry.name
-            if entry.is_dir():
-                shutil.copytree(entry, target)
-            else:
-                shutil.copy2(entry, target)
-        return str(model.tag)
+    return create_model(root, name, Path(model_dir), {"stage": "candidate"}, {})

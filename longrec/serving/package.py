@@ -50,40 +50,33 @@ def bento_environment(registry_root: str | Path) -> dict[str, str]:
     return env
 
 
-def _store(registry_root: Path):
-    from bentoml._internal.models.model import ModelStore
-
-    return ModelStore(str(registry_root / "models"))
-
-
 def _shard_models(registry_root: Path, model_tag: str, memory_dir: Path, n_shards: int) -> list[str]:
     """One BentoML model per shard (manifest, keys, its own value file), re-split to ``n_shards``."""
-    import bentoml
-
     from longrec.memory import load_memory_shards, save_memory_shards
+    from longrec.registry.bento_models import create_model, find_model
 
     name, _, version = model_tag.partition(":")
-    store = _store(registry_root)
     tags = [f"{name}-memory-shard{i}-of-{n_shards}:{version}" for i in range(n_shards)]
-    try:
-        for tag in tags:
-            bentoml.models.get(tag, _model_store=store)
+    if all(find_model(registry_root, tag) is not None for tag in tags):
         return tags  # made by an earlier packaging of this version
-    except bentoml.exceptions.NotFound:
-        pass
     sharded = load_memory_shards(memory_dir)  # every file checked against the training manifest
     with tempfile.TemporaryDirectory() as tmp:
-        manifest_path = save_memory_shards(sharded, tmp, n_shards)
+        manifest_path = save_memory_shards(sharded, Path(tmp) / "all", n_shards)
         manifest = json.loads(manifest_path.read_text())
         for entry, tag in zip(manifest["shards"], tags, strict=True):
-            with bentoml.models.create(
+            if find_model(registry_root, tag) is not None:
+                continue
+            folder = Path(tmp) / f"shard{entry['index']}"
+            folder.mkdir()
+            for file in (manifest_path.name, manifest["keys"]["file"], entry["file"]):
+                shutil.copy2(manifest_path.parent / file, folder / file)
+            create_model(
+                registry_root,
                 tag,
-                labels={"role": "memory-shard", "shard": str(entry["index"]), "model": name},
-                metadata={"model_tag": model_tag, "start": entry["start"], "stop": entry["stop"]},
-                _model_store=store,
-            ) as model:
-                for file in (manifest_path.name, manifest["keys"]["file"], entry["file"]):
-                    shutil.copy2(Path(tmp) / file, Path(model.path) / file)
+                folder,
+                {"role": "memory-shard", "shard": str(entry["index"]), "model": name},
+                {"model_tag": model_tag, "start": entry["start"], "stop": entry["stop"]},
+            )
     logger.info("memory of %s as %d shard models", model_tag, n_shards)
     return tags
 
