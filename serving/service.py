@@ -28,6 +28,9 @@ logger = logging.getLogger("longrec.serving")
 
 CONFIG: ServingConfig | None = load_serving_config(Path(__file__).parent)
 ENVS = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}, {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}]
+# /rank_batch: at most this many requests per batch, and the dispatcher's deadline for one to start.
+BATCH_MAX_SIZE = 16
+BATCH_MAX_LATENCY_MS = 1000
 
 
 def _not_ready(message: str):
@@ -142,6 +145,41 @@ class Ranker:
         except Exception:
             serving_metrics()["errors"].labels(kind="internal").inc()
             raise
+
+    @bentoml.api(
+        route="/rank_batch",
+        batchable=True,
+        max_batch_size=BATCH_MAX_SIZE,
+        max_latency_ms=BATCH_MAX_LATENCY_MS,
+    )
+    async def rank_batch(self, requests: list[RankRequest]) -> list[dict]:
+        """/rank with BentoML's adaptive batching: each call sends a list of requests (usually one); the
+        dispatcher joins the lists of concurrent calls into one batch, ranks it in one call of this
+        method and hands each caller its part. The answers are /rank's, in order; a request the model
+        rejects (e.g. an unknown item id) answers {"error": message} in its place, since the batch it
+        shares with other callers cannot fail for it. Measured against /rank in benchmarks/serving.py."""
+        if self.ranker is None:
+            raise bentoml.exceptions.ServiceUnavailable(self.error or "not loaded")
+        requests = [r if isinstance(r, RankRequest) else RankRequest.model_validate(r) for r in requests]
+        if self.dependencies_are_remote:  # LMN served: shard calls run on this loop, score in a thread
+            self.loop = asyncio.get_running_loop()
+            return await anyio.to_thread.run_sync(self._rank_many, requests)
+        return self._rank_many(requests)
+
+    def _rank_many(self, requests: list[RankRequest]) -> list[dict]:
+        from longrec.serving.ranker import RankingError
+
+        answers = []
+        for request in requests:
+            try:
+                answers.append(self.ranker.rank(request).model_dump())
+            except RankingError as error:
+                serving_metrics()["errors"].labels(kind="invalid").inc()
+                answers.append({"error": str(error)})
+            except Exception:
+                serving_metrics()["errors"].labels(kind="internal").inc()
+                raise
+        return answers
 
 
 def _gather_client(shard, owner: Ranker):

@@ -56,7 +56,9 @@ def world(tmp_path_factory):
 
 
 def local_ranker(world, name: str, **config_overrides):
-    """A ranker for stored model ``name``; LMN's 2 shards are read in process through ShardValues."""
+    """A ranker for stored model ``name``; LMN's 2 shards are read in process through ShardValues.
+    Eager unless ``compile=True`` (compiling costs seconds per model; one test covers the compiled path)."""
+    config_overrides.setdefault("compile", False)
     config = prepare_serving(world["root"] / "registry", world["tags"][name], 2, world["repo"])
     for key, value in config_overrides.items():
         setattr(config, key, value)
@@ -123,6 +125,28 @@ def test_served_scores_equal_offline_scores(world, name: str) -> None:
     assert response.history_length == world["spec"].max_history_length
     assert not (response.unknown_user or response.feature_fallback or response.degraded_memory)
     assert (len(config.shard_tags) == 2) == (name == "lmn")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compiled_scoring_equals_offline_scores(world, name: str) -> None:
+    """The serving default: torch.compile'd scoring (LMN: its backbone), compiled at warm-up for one and
+    several candidates, then any candidate count and an empty history without a new compile."""
+    ranker, _ = local_ranker(world, name, compile=True)
+    scorer = ranker.scorers["main"]
+    assert scorer.compiled
+    ranker.warm_up()
+    assert scorer.compiled, "the compile failed at warm-up and fell back to eager"
+    import torch._dynamo
+
+    for candidates in ([5, 17, 3, 42, 59, 8, 23], [9], list(range(1, 60))):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        response = ranker.rank(RankRequest(user_id=3, candidate_items=candidates, timestamp=NOW))
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before, "recompiled"
+        served = {item.item_id: item.logit for item in response.items}
+        expected = offline_logits(world, name, 3, candidates)
+        np.testing.assert_allclose([served[c] for c in candidates], expected, atol=1e-5, rtol=0)
+    empty = ranker.rank(RankRequest(user_id=11, candidate_items=[1, 2, 3], timestamp=NOW))
+    assert empty.unknown_user and all(np.isfinite(i.logit) for i in empty.items)
 
 
 def test_top_k_and_history_override(world) -> None:

@@ -32,6 +32,8 @@ class ServingConfig:
     feature_store_yaml: str | None = None  # e.g. a Redis config; default <feature_repo>/feature_store.yaml
     shard_timeout_s: float = 0.5  # deadline of one memory gather; past it the slots read as zero
     shard_retry_after_s: float = 1.0  # a failed shard is skipped this long before it is asked again
+    # torch.compile the candidate-scoring path (LMN: its dense backbone part), compiled at warm-up.
+    compile: bool = True
     # A/B rollout: the candidate version loaded beside the production model (no memory shards of its own),
     # and the rollout state folder whose experiment assigns users to arms and logs every request.
     candidate_tag: str | None = None
@@ -57,6 +59,8 @@ class ServingConfig:
             values["feature_store_yaml"] = os.environ["LONGREC_FEATURE_STORE_YAML"]
         if os.environ.get("LONGREC_SHARD_TIMEOUT_S"):
             values["shard_timeout_s"] = float(os.environ["LONGREC_SHARD_TIMEOUT_S"])
+        if os.environ.get("LONGREC_SERVING_COMPILE"):  # "0": eager scoring (e.g. quick test servers)
+            values["compile"] = os.environ["LONGREC_SERVING_COMPILE"].lower() not in ("0", "false", "no")
         if os.environ.get("LONGREC_ROLLOUT_DIR"):  # a Bento on a cluster: the shared rollout state volume
             values["rollout_dir"] = os.environ["LONGREC_ROLLOUT_DIR"]
         return ServingConfig(**values)

@@ -82,6 +82,9 @@ def verify_manifest(directory: str | Path, manifest: dict[str, str]) -> None:
 class ModelScorer:
     """One loaded model version: ``encode_user`` once per request, then ``score_candidates``."""
 
+    compiled = False  # enable_compile(): scoring runs a torch.compile'd score_candidates
+    compiled_score: Callable | None = None
+
     def __init__(self, model_dir: str | Path, tag: str, manifest: dict[str, str] | None = None) -> None:
         from longrec.models.checkpoint import load_checkpoint
 
@@ -114,7 +117,27 @@ class ModelScorer:
     def score(self, user_batch: dict, candidate_batch: dict) -> np.ndarray:
         """Logits [C] for the candidates (float64 for JSON)."""
         user = self.model.encode_user(user_batch)
-        return self.model.score_candidates(user, candidate_batch).double().numpy()
+        score_candidates = self.compiled_score or self.model.score_candidates
+        return score_candidates(user, candidate_batch).double().numpy()
+
+    def enable_compile(self) -> None:
+        """``torch.compile`` the candidate-scoring path (dynamic shapes: any candidate count). LMN's memory
+        reads go through the shard clients (numpy, threads, timeouts), so for LMN only the dense backbone
+        part (the attention over C × L) is compiled and the reads stay eager. Compiles on first call:
+        ``Ranker.warm_up`` makes that call before the service is ready."""
+        if self.needs_memory:
+            backbone = self.model.backbone
+            backbone.score_candidates = torch.compile(backbone.score_candidates, dynamic=True)
+        else:
+            self.compiled_score = torch.compile(self.model.score_candidates, dynamic=True)
+        self.compiled = True
+
+    def disable_compile(self) -> None:
+        """Back to eager (a compile that fails at warm-up, e.g. no C++ compiler, must not stop serving)."""
+        self.compiled_score = None
+        if self.needs_memory:
+            self.model.backbone.__dict__.pop("score_candidates", None)
+        self.compiled = False
 
     def check_items(self, items: np.ndarray, field_name: str) -> None:
         if items.size and int(items.max()) >= self.spec.n_items:
@@ -151,17 +174,35 @@ class Ranker:
         self.hooks = hooks  # longrec.rollout.hooks.RolloutHooks: assignment and request log, or None
 
     def warm_up(self) -> None:
-        """Score one synthetic full-length request per model without the feature store, so kernels
-        (RecBLR's compiled scan) load before the service reports ready. LMN's memory lives in the shard
-        services, which are not up yet at this point: its first request warms it instead."""
+        """Score synthetic full-length requests per model without the feature store, so kernels (RecBLR's
+        compiled scan) load and a ``torch.compile``d scoring path compiles before the service reports
+        ready: one candidate and several (dynamic shapes specialise 1 apart), so no request pays a
+        compile. LMN's memory lives in the shard services, not up yet at this point: only its backbone
+        (the compiled part) is warmed; its first request warms the reads."""
         for scorer in self.scorers.values():
-            if scorer.needs_memory:
-                continue
             length = scorer.spec.max_history_length
             user = UserFeatures(np.ones(length, np.int64), np.arange(length, dtype=np.int64), {}, found=True)
             user.side = {column: 0 for column in ("user_age", "user_gender", "user_occupation")}
-            batches = build_batches(scorer.spec, 1, user, np.array([1]), np.array([0]), request_time=length)
-            scorer.score(*batches)
+            counts = (1, 3) if scorer.compiled else (1,)
+            try:
+                for count in counts:
+                    candidates = np.arange(1, count + 1)
+                    batches = build_batches(
+                        scorer.spec, 1, user, candidates, np.zeros(count, np.int64), request_time=length
+                    )
+                    if scorer.needs_memory:
+                        if not scorer.compiled:
+                            break
+                        with torch.no_grad():
+                            backbone = scorer.model.backbone
+                            backbone.score_candidates(backbone.encode_user(batches[0]), batches[1])
+                    else:
+                        scorer.score(*batches)
+            except Exception as error:  # a compile that cannot run here (no C++ compiler, ...): eager
+                if not scorer.compiled:
+                    raise
+                logger.warning("torch.compile failed for %s, serving eager: %s", scorer.tag, error)
+                scorer.disable_compile()
 
     def arm_for(self, user_id: int):
         """(arm, scorer key, assignment) for ``user_id``. Without a rollout: ("main", "main", None). With one,

@@ -126,13 +126,18 @@ def build_ranker(
         from longrec.rollout.hooks import RolloutHooks
 
         hooks = RolloutHooks(config.dataset, state_dir=config.rollout_dir)
+    if config.compile:  # compiled at warm_up(), before the service reports ready
+        for each in scorers.values():
+            each.enable_compile()
     return Ranker(scorers, features, metrics, hooks)
 
 
 class BodyGuard:
     """ASGI middleware for the ranker: POST bodies must be JSON and at most ``max_bytes``; else 415/413."""
 
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, paths: tuple[str, ...] = ("/rank",)) -> None:
+    def __init__(
+        self, app, max_bytes: int = MAX_BODY_BYTES, paths: tuple[str, ...] = ("/rank", "/rank_batch")
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.paths = paths
