@@ -17,6 +17,7 @@ def train_next_item(
     max_users: int,
     metrics: Output[Metrics],
     result: Output[Artifact],
+    device: str = "auto",
 ):
     """Train over seeds; log HR/NDCG/MRR@10/20 (mean over seeds, full ranking against all items).
 
@@ -30,12 +31,12 @@ def train_next_item(
         max_users: Keep at most this many users (0 = all); for smoke runs.
         metrics: Mean test metrics over seeds.
         result: Output folder with result.json and summary.md.
+        device: "auto" (CUDA when this task got a GPU), "cuda" or "cpu".
     """
     from pathlib import Path
 
-    import torch
-
     from longrec.experiments.nextitem_cli import run_nextitem_experiment
+    from longrec.train.trainer import resolve_device
 
     outcome = run_nextitem_experiment(
         model_name,
@@ -46,7 +47,7 @@ def train_next_item(
         output=Path(result.path),
         min_core=min_core,
         max_users=max_users or None,
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device=str(resolve_device(device)),
     )
     for name, values in outcome["test_summary"].items():
         metrics.log_metric(f"test_{name}_mean", float(values["mean"]))

@@ -18,6 +18,7 @@ def nextitem_pipeline(
     seeds: str = "0,1,2",
     min_core: int = 5,
     max_users: int = 0,
+    device: str = "auto",
 ):
     """The longrec next-item pipeline.
 
@@ -29,6 +30,7 @@ def nextitem_pipeline(
         seeds: Comma-separated seeds; metrics are mean ± std over them.
         min_core: k-core filter (0 = off).
         max_users: Keep at most this many users (0 = all); for smoke runs.
+        device: Training device: "auto" (CUDA when the task has a GPU), "cuda" or "cpu".
     """
     with dsl.ParallelFor(models) as model_name:
         task = train_next_item(
@@ -39,6 +41,7 @@ def nextitem_pipeline(
             seeds=seeds,
             min_core=min_core,
             max_users=max_users,
+            device=device,
         )
         task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     summarize_next_item(results=dsl.Collected(task.outputs["result"]))
