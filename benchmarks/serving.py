@@ -60,8 +60,9 @@ def make_world(root: Path, length: int, users_with_history: int) -> tuple:
     return spec, root / f"repo-L{length}"
 
 
-def bare_timings(scorer, spec, user_id: int, repo: Path, repeats: int) -> dict:
-    """Eager forward of 100 rows and the split path, same features, one thread."""
+def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int) -> dict:
+    """Eager forward of 100 rows, the eager split path and the compiled split path (what the service
+    runs by default), same features, one thread."""
     from longrec.serving.features import OnlineFeatures, build_batches
 
     features = OnlineFeatures(repo, spec.n_items)
@@ -72,22 +73,38 @@ def bare_timings(scorer, spec, user_id: int, repo: Path, repeats: int) -> dict:
     full = {key: value.expand(N_CANDIDATES, *value.shape[1:]) for key, value in user_batch.items()}
     full.update(candidate_batch)
     model = scorer.model
-    times = {"forward": [], "split": []}
+    times = {"forward": [], "split": [], "compiled_split": []}
     with torch.no_grad():
         for _ in range(3):
-            model(full), scorer.score(user_batch, candidate_batch)
+            (
+                model(full),
+                scorer.score(user_batch, candidate_batch),
+                compiled.score(user_batch, candidate_batch),
+            )
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(full)
             t1 = time.perf_counter()
             scorer.score(user_batch, candidate_batch)
             t2 = time.perf_counter()
+            compiled.score(user_batch, candidate_batch)
+            t3 = time.perf_counter()
             times["forward"].append(t1 - t0)
             times["split"].append(t2 - t1)
+            times["compiled_split"].append(t3 - t2)
     return {f"{k}_p50_ms": 1000 * statistics.median(v) for k, v in times.items()}
 
 
-async def load(url: str, bodies: list[dict], concurrency: int, max_requests: int, max_seconds: float) -> dict:
+async def load(
+    url: str,
+    bodies: list[dict],
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    batched: bool = False,
+) -> dict:
+    """``batched``: each request goes to /rank_batch as a list of one (BentoML's adaptive batching joins
+    concurrent calls); otherwise to /rank."""
     import httpx
 
     latencies: list[float] = []
@@ -102,11 +119,18 @@ async def load(url: str, bodies: list[dict], concurrency: int, max_requests: int
             if time.perf_counter() > deadline:
                 return
             t0 = time.perf_counter()
-            response = await client.post("/rank", json=bodies[index % len(bodies)])
+            body = bodies[index % len(bodies)]
+            if batched:
+                response = await client.post("/rank_batch", json={"requests": [body]})
+            else:
+                response = await client.post("/rank", json=body)
             latencies.append(time.perf_counter() - t0)
-            if response.status_code != 200:
+            answer = response.json() if response.status_code == 200 else None
+            if batched and answer is not None:
+                answer = answer[0] if len(answer) == 1 and "error" not in answer[0] else None
+            if answer is None:
                 errors += 1
-            elif any(response.json()[f] for f in ("degraded_memory", "feature_fallback")):
+            elif any(answer[f] for f in ("degraded_memory", "feature_fallback")):
                 flags += 1
 
     started = time.perf_counter()
@@ -129,7 +153,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     from longrec.serving.memory import ShardValues
     from longrec.serving.package import prepare_serving
     from longrec.serving.process import ServeProcess
-    from longrec.serving.ranker import ModelScorer
+    from longrec.serving.ranker import ModelScorer, Ranker
 
     torch.manual_seed(0)
     overrides = LMN_PAPER_SCALE if name == "lmn" else {}
@@ -138,16 +162,21 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     tag = store_model_dir(registry, model_dir, f"longrec-bench-{name}-l{length}")
     config = prepare_serving(registry, tag, 2, repo)
     config.shard_timeout_s = 5.0  # measure, do not degrade
+    config.compile = args.compile == "on"
     scorer = ModelScorer(model_dir, tag, config.model_files)
+    compiled = ModelScorer(model_dir, tag, config.model_files)
     if scorer.needs_memory:
         from longrec.registry.store import ModelRegistry
         from longrec.serving.memory import RemoteShardedMemory, load_memory_index
 
         shard_dirs = [ModelRegistry(registry).model_path(t) for t in config.shard_tags]
         clients = [ShardValues(d, i).gather for i, d in enumerate(shard_dirs)]
-        scorer.attach_memory(RemoteShardedMemory(load_memory_index(shard_dirs[0]), clients, timeout_s=30))
+        for each in (scorer, compiled):
+            each.attach_memory(RemoteShardedMemory(load_memory_index(shard_dirs[0]), clients, timeout_s=30))
     torch.set_num_threads(1)
-    before = bare_timings(scorer, spec, 1, repo, args.bare_repeats)
+    compiled.enable_compile()
+    Ranker({"main": compiled}, None).warm_up()
+    before = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
     rng = np.random.default_rng(1)
     bodies = [
         {
@@ -157,13 +186,19 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         for i in range(64)
     ]
     started = time.perf_counter()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
+    phases = {}
     with ServeProcess(registry, free_port(), config=config) as server:
         ready_s = time.perf_counter() - started
-        asyncio.run(load(server.url, bodies, 1, args.warmup, 60))
-        latency = asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds))
-        throughput = asyncio.run(load(server.url, bodies, 4, args.requests, args.seconds))
+        for batched in modes:
+            asyncio.run(load(server.url, bodies, 1, args.warmup, 60, batched))
+            prefix = "batched_" if batched else "served_"
+            phases[prefix] = (
+                asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds, batched)),
+                asyncio.run(load(server.url, bodies, args.concurrency, args.requests, args.seconds, batched)),
+            )
     # The machine is shared: the bare figures are taken before and after serving, the lower one kept.
-    after = bare_timings(scorer, spec, 1, repo, args.bare_repeats)
+    after = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
     bare = {key: min(before[key], after[key]) for key in before}
     row = {
         "model": name,
@@ -171,16 +206,23 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         "candidates": N_CANDIDATES,
         "memory_slots": overrides.get("memory_slots"),
         "shards": len(config.shard_tags),
+        "compile": config.compile,
+        "concurrency": args.concurrency,
         "ready_s": round(ready_s, 1),
         **{k: round(v, 2) for k, v in bare.items()},
-        **{f"served_{k}": round(v, 2) if isinstance(v, float) else v for k, v in latency.items()},
-        "throughput_rps_c4": round(throughput["throughput_rps"], 1),
-        "p99_ms_c4": round(throughput["p99_ms"], 1),
-        "errors": latency["errors"] + throughput["errors"],
-        "flagged": latency["flagged"] + throughput["flagged"],
+        "errors": 0,
+        "flagged": 0,
     }
-    row["overhead_vs_split"] = round(row["served_p50_ms"] / row["split_p50_ms"], 2)
-    row["served_vs_forward"] = round(row["served_p50_ms"] / row["forward_p50_ms"], 2)
+    bare_served = row["compiled_split_p50_ms"] if config.compile else row["split_p50_ms"]
+    for prefix, (latency, throughput) in phases.items():
+        row.update({f"{prefix}{k}": round(v, 2) if isinstance(v, float) else v for k, v in latency.items()})
+        row[f"{prefix}throughput_rps_cN"] = round(throughput["throughput_rps"], 1)
+        row[f"{prefix}p50_ms_cN"] = round(throughput["p50_ms"], 1)
+        row[f"{prefix}p99_ms_cN"] = round(throughput["p99_ms"], 1)
+        row["errors"] += latency["errors"] + throughput["errors"]
+        row["flagged"] += latency["flagged"] + throughput["flagged"]
+        # overhead: served p50 over the bare in-process path the service runs (compiled or eager split)
+        row[f"{prefix}overhead"] = round(row[f"{prefix}p50_ms"] / bare_served, 2)
     return row
 
 
@@ -195,6 +237,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seconds", type=float, default=30.0, help="time bound per phase")
     parser.add_argument("--warmup", type=int, default=60, help="requests before measuring (bounded by 60 s)")
     parser.add_argument("--bare-repeats", type=int, default=20)
+    parser.add_argument(
+        "--compile",
+        choices=("on", "off"),
+        default="on",
+        help="the served config's torch.compile (the serving default is on)",
+    )
+    parser.add_argument(
+        "--batching",
+        choices=("off", "on", "both"),
+        default="both",
+        help="off: /rank; on: /rank_batch (adaptive batching); both: one after the other",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="clients of the throughput phase")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -208,13 +263,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = run_one(name, length, spec, repo, root / "registry", args)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    header = "| model | L | bare forward p50 | split p50 | served p50 | served p99 | overhead (served/split) | req/s (c=4) |"
-    print("\n" + header + "\n|---|---|---|---|---|---|---|---|")
+    header = ("| model | L | bare forward p50 | split p50 | compiled split p50 | endpoint | served p50 | "
+              "served p99 | overhead | req/s (c=N) | p99 (c=N) |")  # fmt: skip
+    print("\n" + header + "\n" + "|---" * 11 + "|")
     for r in rows:
         name = r["model"] + (" (1M slots, 2 shards)" if r["shards"] else "")
-        print(f"| {name} | {r['L']} | {r['forward_p50_ms']:.1f} ms | {r['split_p50_ms']:.1f} ms | "
-              f"{r['served_p50_ms']:.1f} ms | {r['served_p99_ms']:.1f} ms | {r['overhead_vs_split']:.2f}x | "
-              f"{r['throughput_rps_c4']:.0f} |")  # fmt: skip
+        for prefix, endpoint in (("served_", "/rank"), ("batched_", "/rank_batch")):
+            if f"{prefix}p50_ms" not in r:
+                continue
+            print(f"| {name} | {r['L']} | {r['forward_p50_ms']:.1f} ms | {r['split_p50_ms']:.1f} ms | "
+                  f"{r['compiled_split_p50_ms']:.1f} ms | {endpoint} | {r[prefix + 'p50_ms']:.1f} ms | "
+                  f"{r[prefix + 'p99_ms']:.1f} ms | {r[prefix + 'overhead']:.2f}x | "
+                  f"{r[prefix + 'throughput_rps_cN']:.0f} | {r[prefix + 'p99_ms_cN']:.0f} ms |")  # fmt: skip
     if args.json:
         payload = {
             "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py "
