@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# Served rankers in tests score eagerly: compiling costs 10-20 s per service start on 2 cores. The compiled
+# path has its own parity test (tests/test_serving.py::test_compiled_scoring_equals_offline_scores).
+os.environ.setdefault("LONGREC_SERVING_COMPILE", "0")
 # Triton kernels run on CPU only through the interpreter, which must be on before any @triton.jit runs.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
