@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -54,19 +53,15 @@ def synthetic_frames(n_users: int, events_per_user: int, seed: int = 0):
     return events, items, users
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
     import redis
 
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (make setup installs it with apt-get)")
-    port = _free_port()
+    from longrec.serving.process import free_port
+
+    port = free_port()
     server = subprocess.Popen(
         [
             binary,

@@ -37,14 +37,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
-    from online_store import _free_port, start_redis, synthetic_frames  # this folder is on sys.path
+    from online_store import start_redis, synthetic_frames  # this folder is on sys.path
 
     from longrec.data.schema import FeatureSpec
     from longrec.features.store import create_feature_repo, materialize
     from longrec.models.registry import build_model
     from longrec.serving.demo import store_model_dir, write_model_dir
     from longrec.serving.package import prepare_serving
-    from longrec.serving.process import ServeProcess
+    from longrec.serving.process import ServeProcess, free_port
 
     events, items, users = synthetic_frames(args.users, args.length + 200)
     spec = FeatureSpec(
@@ -89,7 +89,7 @@ def main() -> None:
                 )
                 materialize(store)
                 config = prepare_serving(registry, tag, 2, tmp / name)
-                with ServeProcess(registry, _free_port(), config=config) as service:
+                with ServeProcess(registry, free_port(), config=config) as service:
                     latencies = []
                     with httpx.Client(base_url=service.url, timeout=60) as client:
                         for body in bodies[:20]:  # warm-up

@@ -24,3 +24,15 @@ def pad_more(spec: FeatureSpec, batch: dict[str, Tensor], extra: int, seed: int 
     padded["history_time_buckets"] = torch.cat([batch["history_time_buckets"], buckets], dim=1)
     padded["history_mask"] = torch.cat([batch["history_mask"], torch.zeros(size, extra, dtype=torch.bool)], 1)
     return padded
+
+
+def one_item_history_batch():
+    """The golden-value tests' input: user 1, target item 2, a history of item 1 (then padding), L = 3."""
+    return {
+        "user_id": torch.tensor([1]),
+        "target_item": torch.tensor([2]),
+        "label": torch.tensor([1.0]),
+        "history_items": torch.tensor([[1, 0, 0]]),
+        "history_time_buckets": torch.tensor([[3, 0, 0]]),
+        "history_mask": torch.tensor([[True, False, False]]),
+    }

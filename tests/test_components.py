@@ -85,20 +85,23 @@ def trained(work, training_set):
     return train_din(work, training_set, "model")
 
 
+def evaluate_outputs(work, prefix: str) -> dict:
+    """The evaluate component's output artifacts, as files under ``work`` named ``prefix + name``."""
+    kinds = {
+        "comparison": dsl.Markdown,
+        "report": dsl.HTML,
+        "metrics": dsl.Metrics,
+        "roc": dsl.ClassificationMetrics,
+        "metrics_json": dsl.Artifact,
+        "gate_inputs": dsl.Artifact,
+        "candidate": dsl.Model,
+    }
+    return {name: artifact(kind, work / f"{prefix}{name}") for name, kind in kinds.items()}
+
+
 @pytest.fixture(scope="module")
 def evaluated(work, training_set, trained):
-    outs = {
-        name: artifact(kind, work / name)
-        for name, kind in [
-            ("comparison", dsl.Markdown),
-            ("report", dsl.HTML),
-            ("metrics", dsl.Metrics),
-            ("roc", dsl.ClassificationMetrics),
-            ("metrics_json", dsl.Artifact),
-            ("gate_inputs", dsl.Artifact),
-            ("candidate", dsl.Model),
-        ]
-    }
+    outs = evaluate_outputs(work, "")
     result = evaluate_models.python_func(
         training_set=training_set, models=[trained[0]], registry_dir=str(work / "registry"), **outs
     )
@@ -300,21 +303,9 @@ def test_production_from_other_samples_is_not_comparable_and_blocks_promotion(
         seed=0,
         training_set=other,
     )
-    outs = {
-        name: artifact(kind, work / f"l6-{name}")
-        for name, kind in [
-            ("comparison", dsl.Markdown),
-            ("report", dsl.HTML),
-            ("metrics", dsl.Metrics),
-            ("roc", dsl.ClassificationMetrics),
-            ("metrics_json", dsl.Artifact),
-            ("gate_inputs", dsl.Artifact),
-            ("candidate", dsl.Model),
-        ]
-    }
-    model = artifact(
-        dsl.Model, work / "model"
-    )  # the L=8 model scores L=6 histories fine; it is the samples that differ
+    outs = evaluate_outputs(work, "l6-")
+    # The L=8 model scores L=6 histories fine: it is the samples that differ.
+    model = artifact(dsl.Model, work / "model")
     evaluate_models.python_func(
         training_set=other, models=[model], registry_dir=str(work / "registry"), **outs
     )

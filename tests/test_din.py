@@ -167,14 +167,7 @@ def test_golden_value_one_item_history(softmax_attention: bool) -> None:
     _set_linear(model.attention.rest.output, [[2.0]], [0.0])
     _set_linear(model.head.linears[0], [[0, 0, 0, 0, 1, 1]], [0.0])
     _set_linear(model.head.output, [[4.0]], [-1.0])
-    batch = {
-        "user_id": torch.tensor([1]),
-        "target_item": torch.tensor([2]),
-        "label": torch.tensor([1.0]),
-        "history_items": torch.tensor([[1, 0, 0]]),
-        "history_time_buckets": torch.tensor([[3, 0, 0]]),
-        "history_mask": torch.tensor([[True, False, False]]),
-    }
+    batch = padding_helpers.one_item_history_batch()
     expected = 4.0 / (1.0 + math.exp(1.5)) - 1.0
     assert expected == pytest.approx(-0.2702979047)
     assert model(batch).item() == pytest.approx(expected, abs=1e-6)

@@ -349,12 +349,5 @@ def test_golden_value_one_item_history() -> None:
         model.head.linears[0].bias.zero_()
         model.head.output.weight.fill_(4.0)
         model.head.output.bias.fill_(-1.0)
-    batch = {
-        "user_id": torch.tensor([1]),
-        "target_item": torch.tensor([2]),
-        "label": torch.tensor([1.0]),
-        "history_items": torch.tensor([[1, 0, 0]]),
-        "history_time_buckets": torch.tensor([[3, 0, 0]]),
-        "history_mask": torch.tensor([[True, False, False]]),
-    }
+    batch = padding_helpers.one_item_history_batch()
     assert model(batch).item() == pytest.approx(1.6106807009, abs=1e-6)

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import yaml
 from test_serving import NOW, offline_logits, world  # noqa: F401  (world: a Feast repo and stored models)
 
 from longrec.pipeline.local import compile_pipeline
+from longrec.serving.process import free_port
 from pipelines import training_pipeline as tp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,12 +344,6 @@ def test_registry_volume_on_the_tasks_that_touch_the_registry(compiled):
 
 
 # --- the split topology the manifests deploy, run on loopback ---------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def container_args(overlay: str, name: str) -> list[str]:

@@ -228,7 +228,9 @@ def test_memory_loss_is_masked_smooth_l1_against_the_documented_target() -> None
         # The target is fixed (a buffer) and orthogonal, as documented.
         projection = model.memory_target_projection
         assert not projection.requires_grad
-        torch.testing.assert_close(projection @ projection.T, torch.eye(projection.shape[0]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            projection @ projection.T, torch.eye(projection.shape[0]), atol=1e-5, rtol=0
+        )
 
 
 def test_golden_value_one_item_history() -> None:
@@ -275,14 +277,9 @@ def test_golden_value_one_item_history() -> None:
         model.head.linears[0].bias.zero_()
         model.head.output.weight.fill_(4.0)
         model.head.output.bias.fill_(-1.0)
-    batch = {
-        "user_id": torch.tensor([1]),
-        "target_item": torch.tensor([2]),
-        "label": torch.tensor([1.0]),
-        "history_items": torch.tensor([[1, 0, 0]]),
-        "history_time_buckets": torch.tensor([[3, 0, 0]]),
-        "history_mask": torch.tensor([[True, False, False]]),
-    }
-    expected = 4.0 / (1.0 + math.exp(-1.5 * (2 * (1 - 1 / (1 + math.exp(0.75))) - 1 / (1 + math.exp(0.75))))) - 1
+    batch = padding_helpers.one_item_history_batch()
+    top = 1 / (1 + math.exp(-0.75))  # softmax weight of slot 0 over slots 0 and 1
+    read = 2.0 * top - 1.0 * (1 - top)
+    expected = 4.0 / (1.0 + math.exp(-1.5 * read)) - 1
     assert expected == pytest.approx(2.3032895288)
     assert model(batch).item() == pytest.approx(2.3032895288, abs=1e-6)

@@ -16,7 +16,6 @@ Each test prints its figures (run with `-s`); the README's "With the real ranker
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ import pandas as pd
 import pytest
 import torch
 
+from longrec.serving.process import free_port
+
 pytestmark = pytest.mark.slow
 
 TRACK = "ml-100k"
@@ -32,12 +33,6 @@ L = 50  # the models' history length, and the replay's
 SALT = "served-ab"
 # Eager scoring (no torch.compile warm-up) and quiet OpenMP: quick test servers on shared cores.
 SERVE_ENV = {"LONGREC_SERVING_COMPILE": "0", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def popularity_din(spec, popularity: np.ndarray):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from longrec.models.registry import build_model
 from longrec.serving.demo import demo_frames, demo_spec, store_model_dir, write_model_dir
 from longrec.serving.memory import ShardValues
 from longrec.serving.package import prepare_serving
+from longrec.serving.process import free_port
 from longrec.serving.ranker import ModelFileError, UnknownItemError
 from longrec.serving.schemas import RankRequest
 from longrec.serving.service_support import build_ranker
@@ -243,16 +243,10 @@ def test_dead_shard_degrades_within_the_timeout_and_recovers(world) -> None:
     assert [i.logit for i in recovered.items] == [i.logit for i in normal.items]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_redis_down_falls_back_and_recovers(world, tmp_path: Path) -> None:
     events, items, users = demo_frames(world["spec"], events_per_user=11)
-    port = _free_port()
+    port = free_port()
     command = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:

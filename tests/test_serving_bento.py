@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from kfp import dsl
 from test_serving import NOW, offline_logits, world  # noqa: F401  (the module-scoped world fixture)
-from test_serving_http import free_port
 
 from components.package_bento import package_bento
 from longrec.serving.package import read_bento_record
-from longrec.serving.process import ServeProcess
+from longrec.serving.process import ServeProcess, free_port
 
 pytestmark = pytest.mark.slow
 

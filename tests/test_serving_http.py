@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -16,15 +15,9 @@ import pytest
 from test_serving import NOW, offline_logits, world  # noqa: F401  (the module-scoped world fixture)
 
 from longrec.serving.package import prepare_serving
-from longrec.serving.process import ServeError, ServeProcess
+from longrec.serving.process import ServeError, ServeProcess, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

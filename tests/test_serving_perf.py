@@ -5,7 +5,6 @@ request the model rejects answers an error in its own place without failing the 
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,15 +13,9 @@ import pytest
 from test_serving import NOW, offline_logits, world  # noqa: F401  (the module-scoped world fixture)
 
 from longrec.serving.package import prepare_serving
-from longrec.serving.process import ServeProcess
+from longrec.serving.process import ServeProcess, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

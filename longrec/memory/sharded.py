@@ -123,7 +123,8 @@ class ShardedMemory:
         return self.read_topk(row_top, row_idx, col_top, col_idx)[0]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -153,7 +154,13 @@ def save_memory_shards(
         name = f"values-{index:05d}-of-{n_shards:05d}.safetensors"
         save_file({"values": shard.contiguous()}, directory / name)
         entries.append(
-            {"index": index, "file": name, "start": start, "stop": stop, "sha256": _sha256(directory / name)}
+            {
+                "index": index,
+                "file": name,
+                "start": start,
+                "stop": stop,
+                "sha256": sha256_file(directory / name),
+            }
         )
     config = sharded.config
     manifest = {
@@ -165,7 +172,7 @@ def save_memory_shards(
         "top_k": config.top_k,
         "heads": config.heads,
         "dtype": str(sharded.shards[0].dtype).removeprefix("torch."),
-        "keys": {"file": KEYS_FILE, "sha256": _sha256(directory / KEYS_FILE)},
+        "keys": {"file": KEYS_FILE, "sha256": sha256_file(directory / KEYS_FILE)},
         "shards": entries,
     }
     path = directory / MANIFEST_FILE
@@ -176,11 +183,12 @@ def save_memory_shards(
     return path
 
 
-def _load_checked(directory: Path, entry: dict, what: str) -> dict[str, Tensor]:
+def load_checked(directory: Path, entry: dict, what: str) -> dict[str, Tensor]:
+    """The tensors of one manifest entry's file, after its checksum; MemoryShardError names the file."""
     path = directory / entry["file"]
     if not path.is_file():
         raise MemoryShardError(f"{what} ({entry['file']}) is missing from {directory}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise MemoryShardError(
             f"{what} ({entry['file']}) fails its checksum: sha256 {digest[:12]}… but the manifest says "
@@ -192,26 +200,38 @@ def _load_checked(directory: Path, entry: dict, what: str) -> dict[str, Tensor]:
         raise MemoryShardError(f"{what} ({entry['file']}) is unreadable: {error}") from error
 
 
-def load_memory_shards(directory: str | Path) -> ShardedMemory:
-    """Load a shard folder written by ``save_memory_shards``, checking every file against the manifest."""
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.is_file():
+def read_manifest(directory: Path) -> dict:
+    """A shard folder's manifest.json, checked to be readable and of this format."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
         raise MemoryShardError(f"no {MANIFEST_FILE} in {directory}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise MemoryShardError(f"{manifest_path} is not valid JSON: {error}") from error
+        raise MemoryShardError(f"{path} is not valid JSON: {error}") from error
     if manifest.get("format") != FORMAT:
-        raise MemoryShardError(f"{manifest_path}: unsupported format {manifest.get('format')!r}")
-    config = MemoryConfig(
+        raise MemoryShardError(f"{path}: unsupported format {manifest.get('format')!r}")
+    return manifest
+
+
+def manifest_config(manifest: dict) -> MemoryConfig:
+    """The MemoryConfig a manifest describes."""
+    return MemoryConfig(
         slots=manifest["slots"],
         key_dim=manifest["key_dim"],
         value_dim=manifest["value_dim"],
         top_k=manifest["top_k"],
         heads=manifest["heads"],
     )
-    keys = _load_checked(directory, manifest["keys"], "memory keys")
+
+
+def load_memory_shards(directory: str | Path) -> ShardedMemory:
+    """Load a shard folder written by ``save_memory_shards``, checking every file against the manifest."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    manifest = read_manifest(directory)
+    config = manifest_config(manifest)
+    keys = load_checked(directory, manifest["keys"], "memory keys")
     half_shape = (config.heads, config.n_rows, config.key_dim // 2)
     for name in ("row_keys", "col_keys"):
         if name not in keys or tuple(keys[name].shape) != half_shape:
@@ -224,7 +244,7 @@ def load_memory_shards(directory: str | Path) -> ShardedMemory:
             raise MemoryShardError(
                 f"{what} ({entry['file']}): range [{start}, {stop}) leaves a gap or overlap"
             )
-        tensors = _load_checked(directory, entry, what)
+        tensors = load_checked(directory, entry, what)
         values = tensors.get("values")
         if values is None or tuple(values.shape) != (stop - start, config.value_dim):
             shape = None if values is None else tuple(values.shape)

@@ -196,7 +196,26 @@ def prefix_backbone_keys(module: nn.Module, state_dict: dict, prefix: str, *args
             state_dict[f"{prefix}backbone.{key[len(prefix) :]}"] = state_dict.pop(key)
 
 
-class DIN(CTRModel):
+class UsesDINBackbone:
+    """For models built on ``self.backbone``: its item table and activation unit under the names models
+    and tests use, and loading of checkpoints from before the backbone module (call in ``__init__``)."""
+
+    backbone: DINBackbone
+
+    def _accept_pre_backbone_checkpoints(self) -> None:
+        self.register_load_state_dict_pre_hook(prefix_backbone_keys)
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        """The backbone's item table (history and target share it)."""
+        return self.backbone.item_embedding
+
+    @property
+    def attention(self) -> ActivationUnit:
+        return self.backbone.attention
+
+
+class DIN(UsesDINBackbone, CTRModel):
     """Deep Interest Network: the backbone's pooled interest and an MLP head."""
 
     name: ClassVar[str] = "din"
@@ -213,15 +232,7 @@ class DIN(CTRModel):
             output_dim=1,
             dropout=config.dropout,
         )
-        self.register_load_state_dict_pre_hook(prefix_backbone_keys)
-
-    @property
-    def item_embedding(self) -> nn.Embedding:
-        return self.backbone.item_embedding
-
-    @property
-    def attention(self) -> ActivationUnit:
-        return self.backbone.attention
+        self._accept_pre_backbone_checkpoints()
 
     def attention_weights(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """Per-position weights [B, L], exactly 0 on padded positions."""

@@ -33,7 +33,7 @@ from longrec.memory import (
 )
 from longrec.model_files import MEMORY_DIR  # sub-folder of a model folder holding the memory shards
 from longrec.models.base import ACTIVATIONS, MLP, CTRModel
-from longrec.models.din import ActivationUnit, DINBackbone, DINConfig, prefix_backbone_keys
+from longrec.models.din import DINBackbone, DINConfig, UsesDINBackbone
 
 __all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
 
@@ -133,7 +133,7 @@ class UserFeatures(nn.Module):
         return torch.cat([self.tables[name](batch[name]) for name in self.features], dim=-1)
 
 
-class LMN(CTRModel):
+class LMN(UsesDINBackbone, CTRModel):
     """A DIN backbone plus a memory head: a million-slot-capable product-key memory read for the history
     items and the target, pooled and fed with the backbone's features to the prediction MLP."""
 
@@ -165,16 +165,7 @@ class LMN(CTRModel):
         )
         self.sharded_memory: ShardedMemory | None = None
         self._memory_loss: Tensor | None = None
-        self.register_load_state_dict_pre_hook(prefix_backbone_keys)
-
-    @property
-    def item_embedding(self) -> nn.Embedding:
-        """The backbone's item table (history, target and the memory's item queries share it)."""
-        return self.backbone.item_embedding
-
-    @property
-    def attention(self) -> ActivationUnit:
-        return self.backbone.attention
+        self._accept_pre_backbone_checkpoints()
 
     # -- memory reads ---------------------------------------------------------------------------------
     def read_positions(self, mask: Tensor) -> tuple[Tensor, Tensor]:

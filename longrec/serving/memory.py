@@ -8,7 +8,6 @@ asked again (so a dead shard adds no latency while it restarts).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -23,12 +22,13 @@ from torch import Tensor
 
 from longrec.memory import MemoryConfig
 from longrec.memory.sharded import (
-    FORMAT,
     MANIFEST_FILE,
     MemoryShardError,
     ShardedMemory,
-    _load_checked,
-    _sha256,
+    load_checked,
+    manifest_config,
+    read_manifest,
+    sha256_file,
 )
 
 __all__ = ["MemoryIndex", "RemoteShardedMemory", "ShardValues", "check_shard_files", "load_memory_index"]
@@ -49,31 +49,12 @@ class MemoryIndex:
         self.ranges = [(int(e["start"]), int(e["stop"])) for e in entries]
 
 
-def _read_manifest(directory: Path) -> dict:
-    path = directory / MANIFEST_FILE
-    if not path.is_file():
-        raise MemoryShardError(f"no {MANIFEST_FILE} in {directory}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MemoryShardError(f"{path} is not valid JSON: {error}") from error
-    if manifest.get("format") != FORMAT:
-        raise MemoryShardError(f"{path}: unsupported format {manifest.get('format')!r}")
-    return manifest
-
-
 def load_memory_index(directory: str | Path) -> MemoryIndex:
     """Manifest and keys of a shard folder (keys checked against the manifest); values are not read."""
     directory = Path(directory)
-    manifest = _read_manifest(directory)
-    config = MemoryConfig(
-        slots=manifest["slots"],
-        key_dim=manifest["key_dim"],
-        value_dim=manifest["value_dim"],
-        top_k=manifest["top_k"],
-        heads=manifest["heads"],
-    )
-    keys = _load_checked(directory, manifest["keys"], "memory keys")
+    manifest = read_manifest(directory)
+    config = manifest_config(manifest)
+    keys = load_checked(directory, manifest["keys"], "memory keys")
     return MemoryIndex(config, keys["row_keys"], keys["col_keys"], list(manifest["shards"]))
 
 
@@ -85,14 +66,14 @@ def check_shard_files(shard_dirs: Sequence[str | Path]) -> None:
     """
     for index, directory in enumerate(shard_dirs):
         directory = Path(directory)
-        entries = {int(e["index"]): e for e in _read_manifest(directory)["shards"]}
+        entries = {int(e["index"]): e for e in read_manifest(directory)["shards"]}
         if index not in entries:
             raise MemoryShardError(f"{directory}/{MANIFEST_FILE} has no shard {index}")
         entry = entries[index]
         path = directory / entry["file"]
         if not path.is_file():
             raise MemoryShardError(f"memory shard {index} ({entry['file']}) is missing from {directory}")
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             raise MemoryShardError(
                 f"memory shard {index} ({entry['file']}) fails its checksum (file corrupted or replaced)"
             )
@@ -103,13 +84,13 @@ class ShardValues:
 
     def __init__(self, directory: str | Path, index: int) -> None:
         directory = Path(directory)
-        manifest = _read_manifest(directory)
+        manifest = read_manifest(directory)
         entries = {int(e["index"]): e for e in manifest["shards"]}
         if index not in entries:
             raise MemoryShardError(f"{directory}/{MANIFEST_FILE} has no shard {index}")
         entry = entries[index]
         self.start, self.stop = int(entry["start"]), int(entry["stop"])
-        values = _load_checked(directory, entry, f"memory shard {index}").get("values")
+        values = load_checked(directory, entry, f"memory shard {index}").get("values")
         expected = (self.stop - self.start, int(manifest["value_dim"]))
         if values is None or tuple(values.shape) != expected:
             raise MemoryShardError(f"memory shard {index} ({entry['file']}) is not a {expected} tensor")

@@ -8,7 +8,6 @@ beside the first; today every user goes to the single arm ``"main"``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longrec.memory.sharded import sha256_file
 from longrec.serving.features import OnlineFeatures, UserFeatures, build_batches, empty_user
 from longrec.serving.schemas import RankRequest, RankResponse, ScoredItem
 
@@ -48,14 +48,6 @@ class RankingError(ValueError):
 
 class UnknownItemError(RankingError):
     """A candidate or history item id outside the model's item vocabulary."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_manifest(directory: str | Path, names: tuple[str, ...] = MODEL_FILES) -> dict[str, str]:
