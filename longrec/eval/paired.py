@@ -48,28 +48,34 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def _score_groups(scores: np.ndarray) -> tuple[np.ndarray, int]:
-    """Index of each sample's distinct score in ascending order (ties share one), and the count."""
-    unique, inverse = np.unique(scores, return_inverse=True)
-    return inverse.reshape(-1), len(unique)
+class _WeightedAuc:
+    """One scoring's ties and negatives prepared once; ``rows(weights)`` gives the AUC under each row of
+    sample weights [R, n] (ties count one half): a weighted Mann-Whitney statistic."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        self.positive = np.asarray(labels).astype(bool)
+        _, groups = np.unique(scores, return_inverse=True)  # each sample's distinct score, ascending
+        self.groups = groups.reshape(-1)
+        n_groups = int(self.groups.max()) + 1 if len(self.groups) else 0
+        negative = ~self.positive
+        self.negatives_by_group = sparse.csr_matrix(
+            (np.ones(int(negative.sum())), (np.flatnonzero(negative), self.groups[negative])),
+            shape=(len(self.groups), n_groups),
+        )
+
+    def rows(self, weights: np.ndarray) -> np.ndarray:
+        neg_by_group = np.asarray((self.negatives_by_group.T @ weights.T).T)  # [R, G]
+        credit = np.cumsum(neg_by_group, axis=1) - 0.5 * neg_by_group  # below + half the ties
+        pos_weights = weights[:, self.positive]
+        wins = (pos_weights * credit[:, self.groups[self.positive]]).sum(axis=1)
+        pairs = pos_weights.sum(axis=1) * weights[:, ~self.positive].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return wins / pairs
 
 
 def weighted_auc_rows(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """AUC of one scoring under each row of `weights` [R, n]; ties count one half."""
-    positive = labels.astype(bool)
-    groups, n_groups = _score_groups(scores)
-    neg_onehot = sparse.csr_matrix(
-        (np.ones(int((~positive).sum())), (np.flatnonzero(~positive), groups[~positive])),
-        shape=(len(scores), n_groups),
-    )
-    neg_by_group = np.asarray((neg_onehot.T @ weights.T).T)  # [R, G]
-    below = np.cumsum(neg_by_group, axis=1) - neg_by_group
-    credit = below + 0.5 * neg_by_group  # [R, G]
-    pos_weights = weights[:, positive]
-    wins = (pos_weights * credit[:, groups[positive]]).sum(axis=1)
-    pairs = pos_weights.sum(axis=1) * weights[:, ~positive].sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return wins / pairs
+    return _WeightedAuc(labels, np.asarray(scores)).rows(weights)
 
 
 def paired_lift(
@@ -94,8 +100,9 @@ def paired_lift(
     _, user_index = np.unique(users, return_inverse=True)
     n_users = int(user_index.max()) + 1 if len(user_index) else 0
     ones = np.ones((1, len(labels)))
-    auc_c = float(weighted_auc_rows(labels, cand, ones)[0])
-    auc_p = float(weighted_auc_rows(labels, prod, ones)[0])
+    cand_auc, prod_auc = _WeightedAuc(labels, cand), _WeightedAuc(labels, prod)  # prepared once
+    auc_c = float(cand_auc.rows(ones)[0])
+    auc_p = float(prod_auc.rows(ones)[0])
 
     def sample_logloss(logits: np.ndarray) -> np.ndarray:
         p = np.clip(_sigmoid(logits), _EPS, 1 - _EPS)
@@ -108,7 +115,7 @@ def paired_lift(
         reps = min(chunk, n_bootstrap - start)
         counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=reps)  # [R, U]
         weights = counts[:, user_index].astype(np.float64)  # [R, n]
-        auc_lifts.append(weighted_auc_rows(labels, cand, weights) - weighted_auc_rows(labels, prod, weights))
+        auc_lifts.append(cand_auc.rows(weights) - prod_auc.rows(weights))
         loss_lifts.append((weights @ loss_diff) / weights.sum(axis=1))
     auc_lifts = np.concatenate(auc_lifts)
     loss_lifts = np.concatenate(loss_lifts)

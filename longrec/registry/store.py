@@ -344,18 +344,23 @@ class ModelRegistry:
         """Folder of a stored model version."""
         return self.stored(tag).path
 
-    def stage(self, tag: str) -> str:
-        """ "production" while a pointer names it, "retired" once one did, else "candidate"."""
+    def _stages(self) -> tuple[set[str], set[str]]:
+        """(tags a pointer names now, tags a pointer ever named): read once for any number of stages."""
         current = set()
         for track in self.tracks():
             pointer = self._read_pointer(track)
             if pointer:
                 current.add(pointer["tag"])
-        if tag in current:
-            return "production"
-        if any(entry.get("tag") == tag and entry.get("event") != "abandoned" for entry in self.history()):
-            return "retired"
-        return "candidate"
+        ever = {entry.get("tag") for entry in self.history() if entry.get("event") != "abandoned"}
+        return current, ever
+
+    @staticmethod
+    def _stage_of(tag: str, current: set[str], ever: set[str]) -> str:
+        return "production" if tag in current else "retired" if tag in ever else "candidate"
+
+    def stage(self, tag: str) -> str:
+        """The live stage: "production" while a pointer names it, "retired" once one did, else "candidate"."""
+        return self._stage_of(tag, *self._stages())
 
     def register(self, model_dir: str | Path, dataset_dir: str | Path) -> str:
         """Copy a trained (and evaluated) model folder into the store; returns its tag. Nothing is stored if
@@ -412,6 +417,7 @@ class ModelRegistry:
     def list_models(self, track: str | None = None) -> list[dict]:
         """Every stored version with its tag, labels, live stage and test AUC (oldest first)."""
         rows = []
+        current, ever = self._stages()
         for model in list_stored_models(self.root):
             if model.labels.get("role") == "memory-shard":  # serving's per-shard copies of an LMN memory
                 continue
@@ -424,7 +430,7 @@ class ModelRegistry:
                     "track": model_track,
                     "model_name": model.metadata.get("model_name"),
                     "labels": model.labels,
-                    "stage": self.stage(model.tag),
+                    "stage": self._stage_of(model.tag, current, ever),
                     "test_auc": model.metadata.get("test_metrics", {}).get("auc"),
                     "created": model.creation_time,
                 }
