@@ -302,3 +302,17 @@ def test_service_classes_in_process(world, service_module) -> None:
     np.testing.assert_allclose(sorted(i.logit for i in response.items), sorted(expected), atol=1e-5)
     shard = service.Ranker.dependencies["memory_shard_1"].on()
     assert shard.gather(slots=np.array([128, 255])).shape == (2, 8)
+
+
+def test_a_bento_served_by_dataset_logs_requests_to_the_rollout_folder(tmp_path: Path, monkeypatch) -> None:
+    """A Bento's bundled config names no rollout folder: serving it by dataset passes one by environment,
+    so its requests reach the request log as a generated config's do."""
+    from longrec.serving.config import ServingConfig
+    from longrec.serving.run import ServeTarget
+
+    target = ServeTarget("m:v", bento_tag="b:v", rollout_dir=str(tmp_path / "rollout"))
+    _, env = target.process(tmp_path, 1).command()
+    assert env["LONGREC_ROLLOUT_DIR"] == str(tmp_path / "rollout")
+    bundled = ServingConfig(model_tag="m:v", model_name="din", dataset="ml-100k")
+    monkeypatch.setenv("LONGREC_ROLLOUT_DIR", env["LONGREC_ROLLOUT_DIR"])
+    assert bundled.with_environment().rollout_dir == str(tmp_path / "rollout")

@@ -26,10 +26,13 @@ class ServeTarget:
     model_tag: str
     bento_tag: str | None = None
     config: ServingConfig | None = None
+    rollout_dir: str | None = None  # a Bento reads it from LONGREC_ROLLOUT_DIR (a config carries it)
 
     def process(
         self, registry_root: str | Path, port: int, host: str = "127.0.0.1", **kwargs
     ) -> ServeProcess:
+        if self.bento_tag and self.rollout_dir:
+            kwargs["extra_env"] = {"LONGREC_ROLLOUT_DIR": self.rollout_dir, **kwargs.get("extra_env", {})}
         return ServeProcess(
             registry_root, port, config=self.config, bento_tag=self.bento_tag, host=host, **kwargs
         )
@@ -84,7 +87,7 @@ def resolve_target(
         and not overrides
         and len(record.get("shard_tags", [])) in (0, n_shards)
     ):
-        return ServeTarget(tag, bento_tag=record["bento_tag"])
+        return ServeTarget(tag, bento_tag=record["bento_tag"], rollout_dir=str(rollout_dir))
     repo = feature_repo or (record or {}).get("feature_repo")
     config = prepare_serving(registry.root, tag, n_shards, repo, dataset)
     if feature_store_yaml:
