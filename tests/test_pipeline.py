@@ -133,6 +133,9 @@ def test_second_run_is_compared_against_production(local_pipeline_run, tiny_para
     assert second.status == "succeeded" and second.decision == "reject"
     assert "production" in second.comparison_md and "rescored" in second.comparison_md
     assert "interval" in second.decision_md and "lower bound <= min lift +0.5000" in second.decision_md
+    # The lift table stands once on the run page (with the decision), and on the evaluation's own page.
+    assert (second.run_dir / "index.html").read_text().count("lift (candidate − production)") == 1
+    assert "lift (candidate − production)" in (second.run_dir / "comparison.html").read_text()
     assert ModelRegistry(registry).production(TINY_TRACK) == before
     assert not (second.run_dir / "registered_model.json").exists()
 

@@ -169,11 +169,9 @@ def decision_html(decision: dict | None) -> str:
 def comparison_sections(result) -> str:
     """Table, notes, lift, curves: the body shared by the evaluation page and the run page."""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
-    parts = [
-        comparison_table_html(result),
-        f"<ul>{notes}</ul>",
-        lift_html(result.lift, result.production.get("tag")),
-    ]
+    lift = lift_html(result.lift, result.production.get("tag"))
+    # Marked so the run page, which shows the lift with the decision, can leave this copy out.
+    parts = [comparison_table_html(result), f"<ul>{notes}</ul>", f"<!--lift-->{lift}<!--/lift-->"]
     roc = roc_png(result)
     if roc:
         parts.append(f"<h3>ROC curves</h3><img alt='ROC curves' src='{roc}'>")
