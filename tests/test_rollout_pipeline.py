@@ -66,7 +66,9 @@ def test_components_take_one_step(tmp_path):
     registry, (control, candidate) = registry_with_models(tmp_path)
     state = tmp_path / "rollout"
     rollout = Rollout(DATASET, state_dir=state, registry=registry, actor="t")
-    experiment = rollout.start(candidate, traffic=25, test=StatsConfig(min_impressions_per_arm=100))
+    experiment = rollout.start(
+        candidate, traffic=25, test=StatsConfig(min_impressions_per_arm=100), salt="pipeline-test"
+    )
     log_synthetic_requests(
         RequestLogger(rollout.request_log), experiment, 2000, {CONTROL: 0.2, CANDIDATE: 0.2}, seed=0
     )
@@ -98,7 +100,9 @@ def test_rollout_pipeline_runs_locally(tmp_path):
     registry, (control, candidate) = registry_with_models(tmp_path)
     state = tmp_path / "rollout"
     rollout = Rollout(DATASET, state_dir=state, registry=registry, actor="t")
-    experiment = rollout.start(candidate, traffic=50, test=StatsConfig(min_impressions_per_arm=100))
+    experiment = rollout.start(
+        candidate, traffic=50, test=StatsConfig(min_impressions_per_arm=100), salt="pipeline-test"
+    )
     log_synthetic_requests(
         RequestLogger(rollout.request_log), experiment, 3000, {CONTROL: 0.2, CANDIDATE: 0.3}, seed=1
     )

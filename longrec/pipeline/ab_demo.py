@@ -6,6 +6,7 @@ rollout stepping (ramp / hold / promote / roll back) after each batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def replayed_ab_after_run(
     state_dir = default_rollout_dir().resolve()
     rollout = Rollout(dataset.track, state_dir=state_dir, registry=registry, actor="make run")
     try:
-        experiment = rollout.start(candidate, control=control, traffic=traffic)
+        # A salt fixed by the pair tested: the same models on the same replay split users the same way,
+        # so a rerun of `make run` prints the same A/B (a random salt moved its outcome between runs).
+        salt = hashlib.sha256(f"make-run:{control}:{candidate}".encode()).hexdigest()[:16]
+        experiment = rollout.start(candidate, control=control, traffic=traffic, salt=salt)
     except RolloutError as error:
         echo(f"A/B: not started: {error}")
         return None
