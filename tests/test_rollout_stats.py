@@ -141,3 +141,31 @@ def test_sequential_curve_is_honest_on_clustered_aa_traffic():
         assert np.isfinite(curve["variance"].iloc[-1])  # the test did look
         rejected += curve["always_valid_p"].iloc[-1] <= ALPHA
     assert rejected / sims <= ALPHA
+
+
+def test_an_arm_whose_first_users_never_clicked_is_not_called_worse():
+    """A 5 % candidate that is truly better (0.3 vs 0.2) but whose first 8 users happened not to click: the
+    variance over those users is exactly 0, and before the pooled-rate floor the mSPRT called the candidate
+    significantly worse at that look and rolled it back for good (the running minimum keeps the p)."""
+    import pandas as pd
+
+    from longrec.rollout.analysis import floored_variance, sequential_curve
+
+    rng = np.random.default_rng(0)
+    arm = np.array(["control"] * 190 + ["candidate"] * 8)
+    clicked = np.r_[(rng.random(190) < 0.2), np.zeros(8, bool)].astype(float)
+    order = rng.permutation(len(arm))
+    frame = pd.DataFrame(
+        {
+            "ts": np.arange(len(arm), dtype=float),
+            "user_id": [f"u{i}" for i in range(len(arm))],
+            "arm": arm[order],
+            "clicked": clicked[order],
+            "status": "ok",
+        }
+    )
+    curve = sequential_curve(frame, mixture_sd=0.05)
+    assert (curve["always_valid_p"] > ALPHA).all()
+    # the floor: a zero estimate becomes the pooled binomial variance; a larger estimate is kept
+    assert floored_variance(0.0, 8, 8, 0.2) == pytest.approx(0.2 * 0.8 / 8)
+    assert floored_variance(0.5, 8, 8, 0.2) > 0.5

@@ -84,6 +84,18 @@ def conservative_variance(variance: float, users: int) -> float:
     return float(variance * (users - 1) / stats.chi2.ppf(0.05, users - 1))
 
 
+def floored_variance(variance: float, users: int, impressions: float, pooled_rate: float) -> float:
+    """`conservative_variance`, and never below the binomial variance of the pooled CTR (both arms) over this
+    arm's impressions. An arm whose first few users happened not to click has a variance estimate of exactly
+    0, which no upper bound scales up; the mSPRT then called a better candidate significantly worse and
+    rolled it back (seen at 5 % traffic, ~150 candidate users). Under H0 the arms share one rate, so the
+    pooled rate bounds what the arm's variance can plausibly be."""
+    variance = conservative_variance(variance, users)
+    if impressions <= 0 or not np.isfinite(variance):
+        return variance
+    return float(max(variance, pooled_rate * (1 - pooled_rate) / impressions))
+
+
 def user_level(shown: pd.DataFrame) -> dict:
     """{arm: (clicks per user, impressions per user)} of impressions with feedback."""
     grouped = shown.groupby(["arm", "user_id"])["clicked"].agg(["sum", "count"])
@@ -128,11 +140,15 @@ def sequential_curve(frame: pd.DataFrame, mixture_sd: float) -> pd.DataFrame:
         clicks = np.bincount(codes[:look], weights=clicked[:look], minlength=len(keys))
         impressions = np.bincount(codes[:look], minlength=len(keys)).astype(float)
         rates, variances = {}, {}
+        pooled = clicks.sum() / max(impressions.sum(), 1)
         for arm, members in ((CANDIDATE, key_is_candidate), (CONTROL, ~key_is_candidate)):
             seen = members & (impressions > 0)
             rates[arm] = clicks[seen].sum() / max(impressions[seen].sum(), 1)
-            variances[arm] = conservative_variance(
-                ratio_variance(clicks[seen], impressions[seen]), int(seen.sum())
+            variances[arm] = floored_variance(
+                ratio_variance(clicks[seen], impressions[seen]),
+                int(seen.sum()),
+                impressions[seen].sum(),
+                pooled,
             )
         rows.append((rates[CANDIDATE] - rates[CONTROL], variances[CANDIDATE] + variances[CONTROL]))
     difference, variance = np.array(rows).T
@@ -227,8 +243,11 @@ def analyse(experiment: Experiment, requests: pd.DataFrame) -> Analysis:
 def _arm_variances(requests: pd.DataFrame) -> tuple[float, float]:
     """User-level variances of the CTR of (control, candidate); inf for an arm with too few users."""
     users = user_level(_shown(requests)) if len(requests) else {}
+    clicks = sum(users[arm][0].sum() for arm in users)
+    impressions = sum(users[arm][1].sum() for arm in users)
+    pooled = clicks / impressions if impressions else 0.0
     return tuple(
-        conservative_variance(ratio_variance(*users[arm]), len(users[arm][1]))
+        floored_variance(ratio_variance(*users[arm]), len(users[arm][1]), users[arm][1].sum(), pooled)
         if arm in users
         else float("inf")
         for arm in ARMS
