@@ -217,4 +217,75 @@ def test_golden_value_of_the_recurrence(backend: str) -> None:
     seen = []
     layer.out_proj.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().clone()))
     layer(torch.tensor([[[1.0]], [[2.0]]]), torch.ones(2, 1, dtype=torch.bool))
-    torch.testing.assert_close(seen[0].flatten(), torch.tensor([0.2314221875, 1.6225541301]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        seen[0].flatten(), torch.tensor([0.2314221875, 1.6225541301]), atol=1e-6, rtol=0
+    )
+
+
+OFFICIAL = {"decay_init": "official", "init": "official", "layer_norm_eps": 1e-12}
+
+
+def test_official_decay_init_is_long_memory_heavy():
+    """The official code spaces Λ evenly, not the decays: same range, far more slow channels."""
+    uniform = torch.exp(-torch.nn.functional.softplus(decay_parameter_init(128)))
+    official = torch.exp(-torch.nn.functional.softplus(decay_parameter_init(128, spacing="official")))
+    assert official.min().item() == pytest.approx(0.9, abs=1e-5)
+    assert official.max().item() == pytest.approx(0.999, abs=1e-5)
+    assert torch.all(official[1:] >= official[:-1])
+    assert (official > 0.99).float().mean() > 0.45 and (uniform > 0.99).float().mean() < 0.15
+    with pytest.raises(ValueError, match="decay init"):
+        decay_parameter_init(8, spacing="log")
+
+
+def test_official_init_and_validation():
+    torch.manual_seed(0)
+    model = RecBLRNextItem(500, 16, RecBLRNextItemConfig(embedding_dim=64, **OFFICIAL))
+    layer = model.encoder.layers[0]
+    for linear in (layer.in_proj, layer.gates, layer.out_proj, layer.ffn[0], layer.ffn[3]):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert linear.bias is None or torch.all(linear.bias == 0)
+    assert 0 < layer.conv_bias.abs().max().item() <= 0.5  # PyTorch's Conv1d bias init, ±1/√K
+    assert layer.norm.eps == 1e-12 and model.encoder.embedding_norm.eps == 1e-12
+    default = RecBLRNextItem(500, 16, RecBLRNextItemConfig(embedding_dim=64)).encoder.layers[0]
+    assert default.in_proj.weight.std().item() > 0.05 and torch.all(default.conv_bias == 0)
+    for bad in ({"init": "xavier"}, {"decay_init": "log"}, {"layer_norm_eps": 0.0}, {"dropout": 1.0}):
+        with pytest.raises(ValueError):
+            RecBLRNextItemConfig(**bad)
+
+
+def test_official_settings_keep_padding_invariance_and_gradients():
+    torch.manual_seed(0)
+    model = RecBLRNextItem(30, 16, RecBLRNextItemConfig(embedding_dim=8, dropout=0.0, **OFFICIAL))
+    items, targets = _next_item_batch()
+    mask = items > 0
+    state = model.user_state(items, mask)
+    padded = torch.cat([items, torch.zeros(items.shape[0], 6, dtype=torch.long)], 1)
+    torch.testing.assert_close(model.user_state(padded, padded > 0), state, rtol=1e-5, atol=1e-6)
+    model.next_item_loss(items, mask, targets).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    ctr = RecBLR(SPEC, RecBLRConfig(**SMALL, **OFFICIAL)).eval()
+    batch = next(synthetic_sample_set(SPEC, 4, seed=1).batches(4))
+    torch.testing.assert_close(ctr(_pad(batch, 5)), ctr(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_pow2_left_pad_is_the_official_zero_prefix():
+    """pow2_left_pad = running the layer on zeros-then-sequence (the official code's power-of-two pad) and
+    dropping the prefix: the conv bias's silu enters the state, so outputs differ from the unpadded ones."""
+    torch.manual_seed(0)
+    official = BDLRULayer(4, dropout=0.0, pow2_left_pad=True, mask_padding=False).eval()
+    plain = BDLRULayer(4, dropout=0.0, mask_padding=False).eval()
+    plain.load_state_dict(official.state_dict())
+    with torch.no_grad():
+        official.conv_bias.uniform_(-0.5, 0.5)
+        plain.conv_bias.copy_(official.conv_bias)
+    x = torch.randn(6, 2, 4)  # L = 6: two zero steps up to 8
+    mask = torch.ones(6, 2, dtype=torch.bool)
+    prefixed = torch.cat([torch.zeros(2, 2, 4), x])  # in_proj has no bias: zero rows give a zero branch
+    expected = plain(prefixed, torch.ones(8, 2, dtype=torch.bool))[2:]
+    torch.testing.assert_close(official(x, mask), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(official(x, mask), plain(x, mask), atol=1e-4)
+    power = torch.randn(8, 2, 4)  # already a power of two: nothing added
+    torch.testing.assert_close(
+        official(power, torch.ones(8, 2, dtype=torch.bool)), plain(power, torch.ones(8, 2, dtype=torch.bool))
+    )

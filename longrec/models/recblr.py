@@ -45,10 +45,27 @@ __all__ = [
 ]
 
 
-def decay_parameter_init(n_channels: int, decay_min: float = 0.9, decay_max: float = 0.999) -> Tensor:
-    """Λ such that exp(−softplus(Λ)) spans [decay_min, decay_max] evenly across channels."""
+DECAY_INITS = ("uniform", "official")
+INITS = ("torch", "official")
+
+
+def decay_parameter_init(
+    n_channels: int, decay_min: float = 0.9, decay_max: float = 0.999, spacing: str = "uniform"
+) -> Tensor:
+    """Λ such that the channels' decays exp(−softplus(Λ)) run from decay_min to decay_max.
+
+    "uniform": the decays themselves evenly spaced. "official" (chengkai-liu/RecBLR): Λ evenly spaced
+    between softplus⁻¹(−log decay_min) and softplus⁻¹(−log decay_max). Since softplus(Λ) ≈ e^Λ there, the
+    rates −log a are then about log-uniform: half the channels decay slower than 0.99 per step, against
+    about a tenth with "uniform"."""
     if not 0.0 < decay_min <= decay_max < 1.0:
         raise ValueError(f"need 0 < decay_min <= decay_max < 1, got {decay_min}, {decay_max}")
+    if spacing not in DECAY_INITS:
+        raise ValueError(f"unknown decay init {spacing!r}; choose from {', '.join(DECAY_INITS)}")
+    if spacing == "official":
+        ends = -torch.log(torch.tensor([decay_min, decay_max], dtype=torch.float64))
+        low, high = torch.log(torch.expm1(ends))
+        return torch.linspace(float(low), float(high), n_channels, dtype=torch.float64).float()
     decay = torch.linspace(decay_min, decay_max, n_channels, dtype=torch.float64)
     rate = -torch.log(decay)  # softplus(Λ) = −log a
     return torch.log(torch.expm1(rate)).float()  # softplus⁻¹
@@ -67,11 +84,15 @@ class BDLRULayer(nn.Module):
         decay_max: float = 0.999,
         mask_padding: bool = True,
         scan_backend: str = "auto",
+        decay_init: str = "uniform",
+        layer_norm_eps: float = 1e-5,
+        pow2_left_pad: bool = False,
     ) -> None:
         super().__init__()
         inner = expansion * dim
         self.inner = inner
         self.mask_padding = mask_padding
+        self.pow2_left_pad = pow2_left_pad
         self.scan_backend = scan_backend
         self.in_proj = nn.Linear(dim, 2 * inner, bias=False)
         # Depthwise causal conv as [D, K] weights: y_t = bias + Σ_k w_k · x_{t−K+1+k}.
@@ -80,13 +101,13 @@ class BDLRULayer(nn.Module):
         bound = 1.0 / math.sqrt(conv_kernel)  # Conv1d's default fan-in bound for a depthwise kernel
         nn.init.uniform_(self.conv_weight, -bound, bound)
         self.gates = nn.Linear(inner, 2 * inner)  # r and i
-        self.decay_logit = nn.Parameter(decay_parameter_init(inner, decay_min, decay_max))  # Λ
+        self.decay_logit = nn.Parameter(decay_parameter_init(inner, decay_min, decay_max, decay_init))  # Λ
         self.out_proj = nn.Linear(inner, dim, bias=False)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.ffn = nn.Sequential(
             nn.Linear(dim, 4 * dim), nn.SiLU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
         )
-        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def causal_conv(self, x: Tensor) -> Tensor:
@@ -113,6 +134,13 @@ class BDLRULayer(nn.Module):
         valid = mask.unsqueeze(-1)
         if self.mask_padding:
             branch = branch * valid
+        lead = 0
+        if self.pow2_left_pad:
+            # The official code left-pads the branch with zeros to a power-of-two length before its conv;
+            # those steps are not masked, so silu(conv bias) enters the state before the first item.
+            lead = (1 << (x.shape[0] - 1).bit_length()) - x.shape[0]
+            branch = F.pad(branch, (0, 0, 0, 0, lead, 0))
+            valid = F.pad(valid, (0, 0, 0, 0, lead, 0), value=True)
         branch = F.silu(self.causal_conv(branch))
         gates = torch.sigmoid(self.gates(branch))
         if self.mask_padding:
@@ -122,7 +150,7 @@ class BDLRULayer(nn.Module):
         a = self.decay(r)
         b = torch.sqrt(torch.addcmul(torch.ones_like(a), a, a, value=-1.0) + 1e-8) * i
         beta = b * branch
-        h = linear_scan(a, beta, dim=0, backend=self.scan_backend)
+        h = linear_scan(a, beta, dim=0, backend=self.scan_backend)[lead:]
         if last_index is not None:
             rows = torch.arange(x.shape[1], device=x.device)
             h, gate, x = h[last_index, rows], gate[last_index, rows], x[last_index, rows]
@@ -147,15 +175,48 @@ class RecBLREncoder(nn.Module):
         mask_padding: bool = True,
         embedding_init_std: float = 0.02,
         scan_backend: str = "auto",
+        decay_init: str = "uniform",
+        init: str = "torch",
+        layer_norm_eps: float = 1e-5,
+        pow2_left_pad: bool = False,
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
         self.item_embedding = padded_embedding(n_items, dim, embedding_init_std)
-        self.embedding_norm = nn.LayerNorm(dim)
+        self.embedding_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.embedding_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            BDLRULayer(dim, expansion, conv_kernel, dropout, decay_min, decay_max, mask_padding, scan_backend)
+            BDLRULayer(
+                dim,
+                expansion,
+                conv_kernel,
+                dropout,
+                decay_min,
+                decay_max,
+                mask_padding,
+                scan_backend,
+                decay_init,
+                layer_norm_eps,
+                pow2_left_pad,
+            )
             for _ in range(n_layers)
         )
+        if init == "official":
+            self._official_init(conv_kernel)
+
+    def _official_init(self, conv_kernel: int) -> None:
+        """RecBole's `_init_weights` as the official code applies it: every Linear weight N(0, 0.02) and its
+        bias 0 (PyTorch's default is uniform ±1/√fan_in: ±0.125 for d = 64); the conv is an nn.Conv1d there,
+        which that init skips, so its bias keeps PyTorch's uniform ±1/√K (ours starts at 0)."""
+        for module in self.layers.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        bound = 1.0 / math.sqrt(conv_kernel)
+        for layer in self.layers:
+            nn.init.uniform_(layer.conv_bias, -bound, bound)
 
     @classmethod
     def from_config(cls, n_items: int, config) -> RecBLREncoder:
@@ -172,6 +233,10 @@ class RecBLREncoder(nn.Module):
             config.mask_padding,
             config.embedding_init_std,
             config.scan_backend,
+            config.decay_init,
+            config.init,
+            config.layer_norm_eps,
+            config.pow2_left_pad,
         )
 
     def forward(self, items: Tensor, mask: Tensor, extra: Tensor | None = None) -> Tensor:
@@ -219,6 +284,10 @@ class RecBLRConfig:
     scan_backend: str = (
         "auto"  # "auto" (Triton on CUDA, C++ kernel on CPU) | "cpu" | "torch" | "triton" | "reference"
     )
+    decay_init: str = "uniform"  # see RecBLRNextItemConfig
+    init: str = "torch"
+    layer_norm_eps: float = 1e-5
+    pow2_left_pad: bool = False
 
     def __post_init__(self) -> None:
         self.head_hidden = tuple(self.head_hidden)
@@ -300,6 +369,25 @@ class RecBLRNextItemConfig:
     mask_padding: bool = True
     embedding_init_std: float = 0.02  # RecBole's normal init for sequential models
     scan_backend: str = "auto"
+    # How the official code (chengkai-liu/RecBLR under RecBole) differs; benchmarks/recblr_ablation.py
+    # measures each, benchmarks/results/RECBLR.md has the table.
+    decay_init: str = "uniform"  # "uniform" decays | "official": Λ evenly spaced (long-memory heavy)
+    init: str = "torch"  # "torch" defaults | "official": RecBole's N(0, 0.02) Linear weights, zero biases
+    layer_norm_eps: float = 1e-5  # official: 1e-12
+    # Official: zeros before the conv up to a power-of-two length, unmasked (their silu(conv bias) enters
+    # the state). Sequences are right-padded here as in RecBole, so that is where its padding reaches the
+    # read-out; mask_padding=False alone changes nothing at the valid positions of right-padded rows.
+    pow2_left_pad: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decay_init not in DECAY_INITS:
+            raise ValueError(f"unknown decay_init {self.decay_init!r}; choose from {', '.join(DECAY_INITS)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
 
 
 class RecBLRNextItem(SequentialRecommender):
