@@ -5,9 +5,9 @@ seeds too, and only its test metrics are reported (test never takes part in the 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/nextitem_tuning.py --dataset ml-100k -L 50 \
         --json benchmarks/results/nextitem_tuning_ml-100k.json
 
-Resumable: cells (and chosen cells' extra seeds) already in the JSON are kept. Writes the JSON and, beside it, .md: every cell's validation
-NDCG@10 / HR@10, then the chosen cell per model with its test metrics and whether RecBLR's lead is outside
-the seeds' spread.
+Resumable: cells (and the chosen cells' extra seeds) already in the JSON are kept. Writes the JSON and,
+beside it, .md: every cell's validation NDCG@10 / HR@10, then the chosen cell per model with its test
+metrics and whether RecBLR's lead is outside the seeds' spread.
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument(
         "--recblr-overrides", default="{}", help="JSON of RecBLR config fields every cell uses"
     )
+    parser.add_argument(
+        "--sasrec-overrides", default="{}", help="JSON of SASRec config fields every cell uses"
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -109,21 +112,23 @@ def main() -> None:
     dropouts = [float(d) for d in args.dropouts.split(",")]
     lrs = [float(lr) for lr in args.lrs.split(",")]
     recblr_overrides = json.loads(args.recblr_overrides)
+    sasrec_overrides = json.loads(args.sasrec_overrides)
+    fixed = {"recblr": recblr_overrides, "sasrec": sasrec_overrides}
     data = build_next_item_data(load_dataset(args.dataset), args.max_history_length, min_core=5)
     payload = json.loads(args.json.read_text()) if args.json.is_file() else {}
     payload.update(
         command="OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/nextitem_tuning.py "
         f"--dataset {args.dataset} -L {args.max_history_length} --dropouts {args.dropouts} --lrs {args.lrs} "
         f"--tune-seeds {args.tune_seeds} --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
-        f"--recblr-overrides '{args.recblr_overrides}' --json {args.json}",
+        f"--recblr-overrides '{args.recblr_overrides}' --sasrec-overrides '{args.sasrec_overrides}' --json {args.json}",
         dataset=args.dataset, max_history_length=args.max_history_length, seeds=seeds, tune_seeds=tune_seeds,
         dropouts=dropouts, lrs=lrs, epochs=args.epochs, patience=args.patience,
-        recblr_overrides=recblr_overrides,
+        recblr_overrides=recblr_overrides, sasrec_overrides=sasrec_overrides,
     )  # fmt: skip
     results = payload.setdefault("results", {})
 
     def train(model: str, dropout: float, lr: float, run_seeds: list[int]) -> dict:
-        overrides = {"dropout": dropout, **(recblr_overrides if model == "recblr" else {})}
+        overrides = {"dropout": dropout, **fixed[model]}
         config = NextItemTrainConfig(
             epochs=args.epochs, patience=args.patience, lr=lr, num_threads=args.threads
         )

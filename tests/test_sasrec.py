@@ -26,6 +26,17 @@ def test_sasrec_is_causal_and_ignores_padding():
     assert torch.isfinite(hidden).all()
 
 
+def test_recbole_init_and_validation():
+    torch.manual_seed(0)
+    model = SASRec(500, 12, SASRecConfig(init="recbole"))
+    block = model.blocks[0]
+    for linear in (block.qkv, block.out, block.ffn[0], block.ffn[3]):
+        assert linear.weight.std().item() == pytest.approx(0.02, rel=0.1) and torch.all(linear.bias == 0)
+    assert SASRec(500, 12).blocks[0].ffn[3].weight.std().item() > 0.03  # PyTorch's ±1/√256 uniform
+    with pytest.raises(ValueError, match="init"):
+        SASRecConfig(init="xavier")
+
+
 def test_next_item_trainer_runs_over_seeds():
     users = np.repeat(np.arange(1, 31), 12)
     items = (np.tile(np.arange(12), 30) + users) % 15 + 1  # each user walks the item ring

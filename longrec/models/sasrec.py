@@ -29,10 +29,15 @@ class SASRecConfig:
     n_layers: int = 2  # transformer blocks (paper: 2)
     n_heads: int = 2  # RecBole default; the paper uses 1
     inner_dim: int = 256  # point-wise FFN width
-    dropout: float = 0.2  # embedding, attention and FFN dropout
+    dropout: float = 0.2  # embedding, attention and FFN dropout (RecBole's default: 0.5)
     embedding_init_std: float = 0.02
+    # "torch" defaults for the Linear layers | "recbole": N(0, 0.02) weights and zero biases, as RecBole's
+    # SASRec (and RecBLR's official code) initialise them; RecBLR got the same switch (RECBLR.md).
+    init: str = "torch"
 
     def __post_init__(self) -> None:
+        if self.init not in ("torch", "recbole"):
+            raise ValueError(f"unknown init {self.init!r}; choose torch or recbole")
         if self.embedding_dim % self.n_heads:
             raise ValueError(
                 f"embedding_dim {self.embedding_dim} must be divisible by n_heads {self.n_heads}"
@@ -89,6 +94,11 @@ class SASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(
             SASRecBlock(d, config.n_heads, config.inner_dim, config.dropout) for _ in range(config.n_layers)
         )
+        if config.init == "recbole":
+            for module in self.blocks.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=0.02)
+                    nn.init.zeros_(module.bias)
 
     def encode(self, items: Tensor, mask: Tensor) -> Tensor:
         """Hidden states [B, L, d]; position t attends to valid positions ≤ t only."""
