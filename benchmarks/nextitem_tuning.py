@@ -25,28 +25,30 @@ def cell_name(model: str, dropout: float, lr: float) -> str:
     return f"{model} dropout={dropout:g} lr={lr:g}"
 
 
-def choose(results: dict, model: str) -> str:
-    """The cell of `model` with the best mean validation NDCG@10."""
+def choose(results: dict, model: str, tune_seeds: list[int]) -> str:
+    """The cell of `model` with the best mean validation NDCG@10 over the tuning seeds."""
     cells = {name: r for name, r in results.items() if r["model"] == model}
-    return max(cells, key=lambda name: _valid_mean(cells[name], "ndcg@10"))
+    return max(cells, key=lambda name: _valid_mean(cells[name], "ndcg@10", tune_seeds))
 
 
-def _valid_mean(result: dict, metric: str) -> float:
-    return sum(run["valid"][metric] for run in result["runs"]) / len(result["runs"])
+def _valid_mean(result: dict, metric: str, tune_seeds: list[int]) -> float:
+    values = [run["valid"][metric] for run in result["runs"] if run["seed"] in tune_seeds]
+    return sum(values) / len(values)
 
 
 def report(payload: dict) -> str:
     results = payload["results"]
+    tune_seeds = payload["tune_seeds"]
     lines = [
         f"Grid: dropout {payload['dropouts']} × lr {payload['lrs']}, each cell on seed(s) {payload['tune_seeds']}, "
-        f"≤ {payload['epochs']} epochs, patience {payload['patience']}; chosen by validation NDCG@10, then "
+        f"≤ {payload['epochs']} epochs, patience {payload['patience']}; chosen by mean validation NDCG@10, then "
         f"trained on seeds {payload['seeds']} for the test figures.",
         "",
         "| cell | epochs run (best) | valid HR@10 | valid NDCG@10 |",
         "|---|---|---|---|",
     ]
     for name, result in results.items():
-        runs = result["runs"]
+        runs = [run for run in result["runs"] if run["seed"] in tune_seeds]
         epochs = (
             "/".join(str(r["epochs_run"]) for r in runs)
             + " ("
@@ -54,7 +56,8 @@ def report(payload: dict) -> str:
             + ")"
         )
         lines.append(
-            f"| {name} | {epochs} | {_valid_mean(result, 'hr@10'):.4f} | {_valid_mean(result, 'ndcg@10'):.4f} |"
+            f"| {name} | {epochs} | {_valid_mean(result, 'hr@10', tune_seeds):.4f} "
+            f"| {_valid_mean(result, 'ndcg@10', tune_seeds):.4f} |"
         )
     lines += [
         "",
@@ -142,22 +145,34 @@ def main() -> None:
         args.json.write_text(json.dumps(payload, indent=2))
 
     models = args.models.split(",")
+
+    def add_runs(name: str, model: str, dropout: float, lr: float, run_seeds: list[int]) -> None:
+        """Train the cell on the seeds it lacks (a wider --tune-seeds reuses what is there)."""
+        have = {run["seed"] for run in results[name]["runs"]} if name in results else set()
+        missing = [seed for seed in run_seeds if seed not in have]
+        if not missing:
+            return
+        fresh = train(model, dropout, lr, missing)
+        if name in results:
+            fresh["runs"] = sorted(results[name]["runs"] + fresh["runs"], key=lambda run: run["seed"])
+        results[name] = fresh
+        save()
+
+    reported = payload.setdefault("reported", {})
+    for model in models:  # runs of an earlier report are runs of their cell
+        for run in reported.get(model, {}).get("runs", []):
+            cell = results[reported[model]["cell"]]
+            if run["seed"] not in {r["seed"] for r in cell["runs"]}:
+                cell["runs"] = sorted(cell["runs"] + [run], key=lambda r: r["seed"])
     for model, dropout, lr in itertools.product(models, dropouts, lrs):
         name = cell_name(model, dropout, lr)
-        if name not in results:
-            results[name] = train(model, dropout, lr, tune_seeds)
-            save()
-            print(f"{name}: valid NDCG@10 {_valid_mean(results[name], 'ndcg@10'):.4f}", flush=True)
-    reported = payload.setdefault("reported", {})
+        add_runs(name, model, dropout, lr, tune_seeds)
+        print(f"{name}: valid NDCG@10 {_valid_mean(results[name], 'ndcg@10', tune_seeds):.4f}", flush=True)
     for model in models:
-        name = choose(results, model)
-        if reported.get(model, {}).get("cell") == name:
-            continue
+        name = choose(results, model, tune_seeds)
         cell = results[name]
-        extra = [seed for seed in seeds if seed not in tune_seeds]
-        more = train(model, cell["model_overrides"]["dropout"], cell["train_config"]["lr"], extra)
-        runs = sorted(cell["runs"] + more["runs"], key=lambda run: run["seed"])
-        runs = [run for run in runs if run["seed"] in seeds]
+        add_runs(name, model, cell["model_overrides"]["dropout"], cell["train_config"]["lr"], seeds)
+        runs = [run for run in results[name]["runs"] if run["seed"] in seeds]
         reported[model] = {
             "cell": name,
             "runs": runs,
