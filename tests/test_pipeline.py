@@ -38,6 +38,10 @@ def test_compiled_yaml_exposes_parameters_for_the_ui(compiled):
     assert parameters["dataset"]["defaultValue"] == "ml-100k"
     assert parameters["max_history_length"]["parameterType"] == "NUMBER_INTEGER"
     assert parameters["device"]["defaultValue"] == "auto"
+    # The tuning budget: 0 (the fixed settings) unless a run asks for a search.
+    assert parameters["tuning_trials"]["parameterType"] == "NUMBER_INTEGER"
+    assert parameters["tuning_trials"]["defaultValue"] == 0
+    assert parameters["tuning_time_limit_minutes"]["parameterType"] == "NUMBER_DOUBLE"
 
 
 def _all_tasks(compiled) -> dict:
@@ -56,6 +60,7 @@ def test_registry_tasks_never_come_from_cache_and_training_retries(compiled):
     assert tasks["train-model"]["retryPolicy"]["maxRetryCount"] == 2
     train_inputs = tasks["train-model"]["inputs"]["parameters"]
     assert train_inputs["device"]["componentInputParameter"].endswith("device")
+    assert train_inputs["tuning_trials"]["componentInputParameter"].endswith("tuning_trials")
 
 
 def test_train_tasks_request_a_gpu(compiled):

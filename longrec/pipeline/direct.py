@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from longrec.train.run import TrainConfig, train_from_training_set
+from longrec.train.tuning import apply_settings
 
 __all__ = ["train_direct"]
 
@@ -46,7 +48,17 @@ def train_direct(params, output: str | Path) -> dict:
         device=params.device,
     )
     model_dir = output / model_name
-    train_from_training_set(training_dir, model_name, train_config, model_dir)
+    fixed = json.loads(params.model_settings or "{}").get(model_name, {})
+    train_config, overrides = apply_settings(model_name, fixed, train_config)
+    train_from_training_set(
+        training_dir,
+        model_name,
+        train_config,
+        model_dir,
+        model_overrides=overrides or None,
+        tuning_budget=params.tuning_trials,
+        tuning_time_limit_s=params.tuning_time_limit_minutes * 60,
+    )
     result = compare_models(
         training_dir,
         [model_dir],

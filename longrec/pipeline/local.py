@@ -150,6 +150,15 @@ def collect_outputs(summary: RunSummary, pipeline_root: Path, registry: Path, pa
             if source.is_file():
                 shutil.copy2(source, summary.run_dir / target)
                 summary.artifacts[target] = target
+    tuning = {}
+    for task in tasks.get("train-model", []):  # every model's search, when the run had a budget
+        for meta_path in task.rglob("model_meta.json"):
+            meta = json.loads(meta_path.read_text())
+            if meta.get("tuning"):
+                tuning[meta["model_name"]] = meta["tuning"]
+    if tuning:
+        (summary.run_dir / "tuning.json").write_text(json.dumps(tuning, indent=2))
+        summary.artifacts["tuning.json"] = "tuning.json"
     if "comparison.md" in summary.artifacts:
         summary.comparison_md = (summary.run_dir / "comparison.md").read_text()
     if "decision.md" in summary.artifacts:
@@ -193,6 +202,32 @@ def _body_of(page: str) -> str:
     return re.sub(r"<h1>.*?</h1>", "", body, count=1, flags=re.S)
 
 
+def tuning_html(path: Path) -> str:
+    """Per model, its tuning trials (settings, validation AUC, epochs, seconds) with the pick in bold."""
+    import html
+
+    if not path.is_file():
+        return ""
+    parts = ["<h2>Tuning (validation split only)</h2>"]
+    for model_name, record in json.loads(path.read_text()).items():
+        knobs = list(record["space"])
+        stopped = ", stopped by its time limit" if record.get("stopped_by_time_limit") else ""
+        parts.append(
+            f"<h3>{html.escape(model_name)}: {len(record['trials'])} of {record['budget']} trial(s), "
+            f"seed {record['seed']}, {record['seconds']:.0f} s{stopped}</h3>"
+        )
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in ["trial", *knobs, "valid AUC", "epochs", "s"])
+        rows = []
+        for trial in record["trials"]:
+            cells = [trial["trial"] + 1, *(trial["params"][k] for k in knobs)]
+            cells += [f"{trial['valid_auc']:.4f}", trial["epochs_run"], f"{trial['seconds']:.0f}"]
+            row = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+            style = ' style="font-weight:bold"' if trial["trial"] == record["chosen_trial"] else ""
+            rows.append(f"<tr{style}>{row}</tr>")
+        parts.append(f"<table><tr>{head}</tr>{''.join(rows)}</table>")
+    return "\n".join(parts)
+
+
 def write_index(summary: RunSummary, params: PipelineParams) -> Path:
     """index.html: the comparison table, lift interval, ROC and training curves, the decision, and links."""
     import html
@@ -205,6 +240,7 @@ def write_index(summary: RunSummary, params: PipelineParams) -> Path:
         "decision.md": "Promotion decision (Markdown)",
         "decision.json": "Promotion decision (JSON)",
         "gate_inputs.json": "What the gate decided on (JSON)",
+        "tuning.json": "Tuning: every trial's settings and validation AUC (JSON)",
         "validation_docs/index.html": "Great Expectations Data Docs: every expectation and its result",
         "validation_report.html": "Validation summary (pass/fail and failed expectations)",
         "validation_results.json": "Validation results (JSON)",
@@ -245,6 +281,7 @@ def write_index(summary: RunSummary, params: PipelineParams) -> Path:
 {summary.wall_seconds:.0f} s.</p>
 <h2>Decision {production}</h2>{decision_html(decision)}
 <h2>Comparison</h2>{comparison}
+{tuning_html(summary.run_dir / "tuning.json")}
 <h2>Files</h2><ul>{"".join(rows)}</ul>
 </body></html>
 """

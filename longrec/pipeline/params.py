@@ -20,6 +20,10 @@ class PipelineParams(BaseModel):
     batch_size: int = Field(1024, ge=1)
     # 3e-3: IMN is under-trained at 1e-3 after 3 epochs, and DIN does better at 3e-3 too (README).
     learning_rate: float = Field(0.003, gt=0)
+    # 0 keeps `make run` fast: the fixed settings above, as before tuning existed.
+    tuning_trials: int = Field(0, ge=0, le=1000)
+    tuning_time_limit_minutes: float = Field(0.0, ge=0)
+    model_settings: str = ""  # JSON {model: {knob: value}}: fixed settings, e.g. a Katib experiment's pick
     seed: int = 0
     split: Literal["time", "leave_one_out"] = "time"
     train_negatives: int = Field(1, ge=1, le=100)
@@ -61,6 +65,26 @@ class PipelineParams(BaseModel):
             raise ValueError(f"unknown model {unknown[0]!r}; choose from {', '.join(known)}")
         if len(set(value)) != len(value):
             raise ValueError(f"models are listed twice: {value}")
+        return value
+
+    @field_validator("model_settings")
+    @classmethod
+    def _settings_apply(cls, value: str) -> str:
+        import json
+
+        from longrec.train.trainer import TrainConfig
+        from longrec.train.tuning import apply_settings
+
+        if not value.strip():
+            return ""
+        try:
+            settings = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model settings are not JSON: {error}") from None
+        if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+            raise ValueError('model settings must be a JSON object {"model": {"knob": value}}')
+        for model_name, knobs in settings.items():
+            apply_settings(model_name, knobs, TrainConfig())  # raises naming the model and knob
         return value
 
     @field_validator("dataset")

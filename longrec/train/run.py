@@ -32,19 +32,43 @@ def train_from_training_set(
     config: TrainConfig,
     output_dir: str | Path,
     model_overrides: dict[str, Any] | None = None,
+    tuning_budget: int = 0,
+    tuning_time_limit_s: float = 0.0,
 ) -> dict:
-    """Train `model_name` on a training-set folder; write model.pt and model_meta.json to output_dir."""
+    """Train `model_name` on a training-set folder; write model.pt and model_meta.json to output_dir.
+
+    ``tuning_budget`` > 0 first searches that many settings on the validation split
+    (``longrec.train.tuning``) and keeps the best trial; 0 trains once with ``config`` as given.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     frame, spec, meta = read_training_set(training_set_dir)
-    splits = tensors_by_split(frame, spec)
+    # Training reads train and valid only; test rows are dropped before any tensor is built.
+    splits = tensors_by_split(frame[frame["split"].isin(["train", "valid"])], spec)
     if "train" not in splits:
         raise ValueError(f"training set {training_set_dir} has no train split")
-    # build_model draws the initial weights: seed before it (not only inside train_model), or every
-    # pipeline run starts from other weights and the AUC gate compares runs it cannot reproduce.
-    set_seed(derive_seed(config.seed, "model-init"))
-    model = build_model(model_name, spec, model_overrides)
-    result = train_model(model, splits["train"], splits.get("valid"), config)
+    tuning = None
+    if tuning_budget > 0:
+        from longrec.train.tuning import tune_model
+
+        if "valid" not in splits:
+            raise ValueError(f"tuning needs a validation split; training set {training_set_dir} has none")
+        model, config, result, tuning = tune_model(
+            model_name,
+            spec,
+            splits["train"],
+            splits["valid"],
+            config,
+            tuning_budget,
+            tuning_time_limit_s,
+            model_overrides,
+        )
+    else:
+        # build_model draws the initial weights: seed before it (not only inside train_model), or every
+        # pipeline run starts from other weights and the AUC gate compares runs it cannot reproduce.
+        set_seed(derive_seed(config.seed, "model-init"))
+        model = build_model(model_name, spec, model_overrides)
+        result = train_model(model, splits["train"], splits.get("valid"), config)
     save_checkpoint(output_dir / CHECKPOINT_FILE, model, model_name=model_name, spec=spec)
     if hasattr(model, "export_artifacts"):  # models with deployable parts (LMN's memory shards)
         model.export_artifacts(output_dir)
@@ -64,6 +88,7 @@ def train_from_training_set(
         "history": result.history,
         "summary": summary,
         "runtime": runtime_record(resolve_device(config.device)),
+        "tuning": tuning.to_dict() if tuning is not None else None,
     }
     (output_dir / MODEL_META_FILE).write_text(json.dumps(model_meta, indent=2, default=str))
     logger.info(
@@ -73,4 +98,5 @@ def train_from_training_set(
         "summary": summary,
         "valid_metrics": result.best_valid_metrics,
         "runtime": model_meta["runtime"],
+        "tuning": model_meta["tuning"],
     }
