@@ -14,7 +14,7 @@ def nextitem_pipeline(
     dataset: str = "ml-100k",
     models: list[str] = ["recblr", "sasrec"],  # noqa: B006 - KFP reads the default from the signature
     max_history_length: int = 50,
-    epochs: int = 20,
+    epochs: int = 30,
     seeds: str = "0,1,2",
     min_core: int = 5,
     max_users: int = 0,

@@ -76,6 +76,7 @@ def train_din(work, training_set, name: str):
         device="auto",
         tuning_trials=0,
         tuning_time_limit_minutes=0.0,
+        model_settings="",
         model=model,
         metrics=metrics,
     )

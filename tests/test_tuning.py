@@ -164,6 +164,7 @@ def test_the_train_component_records_trials_and_pick(training_dir, tmp_path):
         device="cpu",
         tuning_trials=2,
         tuning_time_limit_minutes=0.0,
+        model_settings="",
         model=model,
         metrics=metrics,
     )

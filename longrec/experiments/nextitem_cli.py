@@ -49,7 +49,7 @@ def run_nextitem_experiment(
     batch_size: int = 128,
     lr: float = 3e-3,
     dropout: float | None = None,
-    patience: int = 3,
+    patience: int = 10,
     num_threads: int | None = None,
     device: str = "cpu",
 ) -> dict:
@@ -86,7 +86,7 @@ def nextitem(
     model: str = typer.Option("recblr", help="recblr or sasrec."),
     dataset: str = typer.Option("ml-100k", help="ml-100k, dslabs-movielens or a user,item,timestamp file."),
     max_history_length: int = typer.Option(50, "--max-history-length", "-L", help="History length L."),
-    epochs: int = typer.Option(20, help="Maximum epochs (early stopping on validation NDCG@10)."),
+    epochs: int = typer.Option(30, help="Maximum epochs (early stopping on validation NDCG@10)."),
     seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
     output: Path | None = typer.Option(None, help="Folder for result.json and summary.md."),
     min_core: int = typer.Option(5, help="k-core filter on users and items (0 = off)."),
@@ -94,7 +94,7 @@ def nextitem(
     batch_size: int = typer.Option(128, help="Training windows per step."),
     lr: float = typer.Option(3e-3, help="Adam learning rate (3e-3: tuned for both models, RECBLR.md)."),
     dropout: float | None = typer.Option(None, help="Override the model's dropout."),
-    patience: int = typer.Option(3, help="Early-stopping patience in epochs."),
+    patience: int = typer.Option(10, help="Early-stopping patience in epochs (10: see NextItemTrainConfig)."),
     threads: int = typer.Option(0, help="torch threads (0 = default)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:

@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ def tune_model(
     space = search_space(model_name, base_config, model_overrides)
     assignments = space.sample(budget, base_config.seed)
     record = TuningResult(model_name, budget, base_config.seed, space.knobs())
-    say = progress or logger.info
+    say = progress or _progress
     say(
         f"tuning {model_name}: {len(assignments)} of {space.size()} settings on validation AUC"
         + (f", time limit {time_limit_s:.0f} s" if time_limit_s > 0 else "")
@@ -226,6 +227,12 @@ def tune_model(
     assert best is not None
     _, model, config, result = best
     return model, config, result, record
+
+
+def _progress(message: str) -> None:
+    # Printed, not only logged: a KFP task's log and a kfp.local run show stderr, whatever the log level.
+    logger.info(message)
+    print(message, file=sys.stderr, flush=True)
 
 
 def _short(assignment: dict[str, Any]) -> str:

@@ -1,0 +1,163 @@
+"""CTR models compared with the same tuning budget: each model searched on validation AUC
+(``longrec.train.tuning``, the pipeline's tuning step) on one seed, then its pick and its fixed settings
+trained on every seed, test metrics mean ± std.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/tuned_comparison.py --dataset dslabs-movielens \
+        -L 50 --models din,imn --budget 8 --seeds 0,1,2 \
+        --json benchmarks/results/tuned_comparison_dslabs-movielens_L50.json
+
+The samples are built once (negatives from seed 0); a seed changes initialisation and batch order only.
+Resumable: a model already in the JSON is kept (delete it to start over). Writes a .md beside the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+METRICS = ("auc", "gauc", "logloss")
+
+
+def train_and_test(model_name, spec, splits, config, overrides) -> dict:
+    from longrec.models.registry import build_model
+    from longrec.seeding import derive_seed
+    from longrec.train.trainer import evaluate_model, set_seed, train_model
+
+    set_seed(derive_seed(config.seed, "model-init"))  # as the pipeline's train task
+    model = build_model(model_name, spec, overrides or None)
+    start = time.perf_counter()
+    result = train_model(model, splits["train"], splits["valid"], config)
+    test = evaluate_model(model, splits["test"], config.eval_batch_size)
+    return {
+        "seed": config.seed,
+        **{f"test_{m}": float(test[m]) for m in METRICS},
+        **{f"valid_{m}": float(result.best_valid_metrics[m]) for m in METRICS},
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "train_seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def summary(runs: list[dict]) -> dict:
+    out = {}
+    for metric in METRICS:
+        values = [run[f"test_{metric}"] for run in runs]
+        out[metric] = {
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+    return out
+
+
+def cell(stats: dict, metric: str) -> str:
+    return f"{stats[metric]['mean']:.4f} ± {stats[metric]['std']:.4f}"
+
+
+def table(payload: dict) -> str:
+    lines = [
+        f"## {payload['dataset']}, L={payload['max_history_length']}: every model tuned with "
+        f"{payload['budget']} trials on validation AUC (seed {payload['tune_seed']}), test over seeds "
+        f"{payload['seeds']}",
+        "",
+        "| model | settings | test AUC | test GAUC | test LogLoss | epochs run | valid AUC (tuning seed) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, record in payload["models"].items():
+        for kind in ("fixed", "tuned"):
+            runs = record[kind]["runs"]
+            stats = summary(runs)
+            epochs = "/".join(str(run["epochs_run"]) for run in runs)
+            settings = "fixed" if kind == "fixed" else "tuned: " + json.dumps(record["tuning"]["chosen_params"])
+            lines.append(
+                f"| {name} | {settings} | {cell(stats, 'auc')} | {cell(stats, 'gauc')} | "
+                f"{cell(stats, 'logloss')} | {epochs} | {record[kind]['valid_auc_tuning_seed']:.4f} |"
+            )
+    lines += ["", "Trials (validation AUC, tuning seed):", ""]
+    for name, record in payload["models"].items():
+        trials = record["tuning"]["trials"]
+        lines.append(f"- {name} ({record['tuning']['seconds']:.0f} s):")
+        for trial in trials:
+            mark = " ← chosen" if trial["trial"] == record["tuning"]["chosen_trial"] else ""
+            lines.append(f"  - {trial['valid_auc']:.4f} {json.dumps(trial['params'])}{mark}")
+    lines += ["", f"Command: `{payload['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("-L", "--max-history-length", type=int, default=50)
+    parser.add_argument("--models", default="din,imn,recblr,lmn")
+    parser.add_argument("--budget", type=int, default=8)
+    parser.add_argument("--tune-seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=3, help="fixed settings' epochs (the pipeline's)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="fixed settings' lr (the pipeline's)")
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--max-events", type=int, default=0, help="smoke runs only (0 = all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    import torch
+
+    from longrec.data.samples import SampleConfig
+    from longrec.experiments.seed_study import build_splits
+    from longrec.train.trainer import TrainConfig
+    from longrec.train.tuning import apply_settings, tune_model
+
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    splits, spec = build_splits(
+        args.dataset, SampleConfig(max_history_length=args.max_history_length, seed=0),
+        max_events=args.max_events or None,
+    )
+    base = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.tune_seed, progress=False,
+        num_threads=args.threads,
+    )
+    payload = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    payload.update(
+        command="OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/tuned_comparison.py "
+        f"--dataset {args.dataset} -L {args.max_history_length} --models {args.models} --budget {args.budget} "
+        f"--tune-seed {args.tune_seed} --seeds {args.seeds} --threads {args.threads} --json {args.json}",
+        dataset=args.dataset,
+        max_history_length=args.max_history_length,
+        budget=args.budget,
+        tune_seed=args.tune_seed,
+        seeds=seeds,
+        fixed_settings=dataclasses.asdict(base),
+        n_samples={name: len(samples) for name, samples in splits.items()},
+    )
+    models = payload.setdefault("models", {})
+    for name in args.models.split(","):
+        if name in models:
+            continue
+        _, _, result, tuning = tune_model(
+            name, spec, splits["train"], splits["valid"], base, args.budget, progress=print
+        )
+        record = {"tuning": tuning.to_dict()}
+        for kind, settings in (("fixed", {}), ("tuned", tuning.chosen.params)):
+            runs = []
+            for seed in seeds:
+                config, overrides = apply_settings(name, settings, dataclasses.replace(base, seed=seed))
+                runs.append(train_and_test(name, spec, splits, config, overrides))
+                print(f"{name} {kind} seed {seed}: test AUC {runs[-1]['test_auc']:.4f}", flush=True)
+            valid_at_tune_seed = tuning.trials[0].valid_auc if kind == "fixed" else tuning.chosen.valid_auc
+            record[kind] = {"settings": settings, "runs": runs, "valid_auc_tuning_seed": valid_at_tune_seed}
+        models[name] = record
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2))
+    text = table(payload)
+    args.json.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
