@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--batch-size", type=int, default=128, help="windows per step (each holds up to L targets)"
+    )
+    parser.add_argument(
         "--recblr-overrides", default="{}", help="JSON of RecBLR config fields every cell uses"
     )
     parser.add_argument(
@@ -121,11 +124,12 @@ def main() -> None:
     payload = json.loads(args.json.read_text()) if args.json.is_file() else {}
     payload.update(
         command="OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/nextitem_tuning.py "
-        f"--dataset {args.dataset} -L {args.max_history_length} --dropouts {args.dropouts} --lrs {args.lrs} "
+        f"--dataset {args.dataset} -L {args.max_history_length} --models {args.models} --dropouts {args.dropouts} --lrs {args.lrs} "
         f"--tune-seeds {args.tune_seeds} --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
+        f"--batch-size {args.batch_size} --threads {args.threads} "
         f"--recblr-overrides '{args.recblr_overrides}' --sasrec-overrides '{args.sasrec_overrides}' --json {args.json}",
         dataset=args.dataset, max_history_length=args.max_history_length, seeds=seeds, tune_seeds=tune_seeds,
-        dropouts=dropouts, lrs=lrs, epochs=args.epochs, patience=args.patience,
+        dropouts=dropouts, lrs=lrs, epochs=args.epochs, patience=args.patience, batch_size=args.batch_size,
         recblr_overrides=recblr_overrides, sasrec_overrides=sasrec_overrides,
     )  # fmt: skip
     results = payload.setdefault("results", {})
@@ -133,8 +137,9 @@ def main() -> None:
     def train(model: str, dropout: float, lr: float, run_seeds: list[int]) -> dict:
         overrides = {"dropout": dropout, **fixed[model]}
         config = NextItemTrainConfig(
-            epochs=args.epochs, patience=args.patience, lr=lr, num_threads=args.threads
-        )
+            epochs=args.epochs, patience=args.patience, lr=lr, num_threads=args.threads,
+            batch_size=args.batch_size,
+        )  # fmt: skip
         result = run_next_item(model, data, run_seeds, config, overrides)
         for run in result["runs"]:
             run.pop("history", None)
