@@ -32,6 +32,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     ),
     "official model, patience 10 (official)": (OFFICIAL_MODEL, {"patience": 10}),
     "official model, dropout 0.5": ({**OFFICIAL_MODEL, "dropout": 0.5}, {}),
+    "padding row in the softmax (official)": ({"padding_in_softmax": True}, {}),
 }
 METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
 

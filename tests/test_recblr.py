@@ -289,3 +289,24 @@ def test_pow2_left_pad_is_the_official_zero_prefix():
     torch.testing.assert_close(
         official(power, torch.ones(8, 2, dtype=torch.bool)), plain(power, torch.ones(8, 2, dtype=torch.bool))
     )
+
+
+@pytest.mark.parametrize("model_name", ["recblr", "sasrec"])
+def test_padding_in_softmax_is_the_official_loss_over_every_item_row(model_name):
+    """RecBole's cross-entropy runs over the whole item table, padding row included; ours leaves row 0 out."""
+    from longrec.models.registry import build_sequential_model
+
+    items, targets = _next_item_batch()
+    mask = items > 0
+    losses = {}
+    for official in (False, True):
+        torch.manual_seed(0)
+        model = build_sequential_model(model_name, 30, 16, {"dropout": 0.0, "padding_in_softmax": official})
+        hidden = model.encode(items, mask)[targets > 0]
+        logits = model.score_all(hidden)
+        expected = torch.nn.functional.cross_entropy(
+            logits if official else logits[:, 1:], targets[targets > 0] - (0 if official else 1)
+        )
+        losses[official] = model.next_item_loss(items, mask, targets)
+        torch.testing.assert_close(losses[official], expected)
+    assert losses[True] > losses[False]  # the padding row only ever takes probability mass

@@ -378,6 +378,9 @@ class RecBLRNextItemConfig:
     # the state). Sequences are right-padded here as in RecBole, so that is where its padding reaches the
     # read-out; mask_padding=False alone changes nothing at the valid positions of right-padded rows.
     pow2_left_pad: bool = False
+    # Official (RecBole): the softmax runs over every row of the item table, the padding row 0 included
+    # (never a target, so it only takes probability mass); ours masks it out.
+    padding_in_softmax: bool = False
 
     def __post_init__(self) -> None:
         if self.decay_init not in DECAY_INITS:

@@ -34,6 +34,7 @@ class SASRecConfig:
     # "torch" defaults for the Linear layers | "recbole": N(0, 0.02) weights and zero biases, as RecBole's
     # SASRec (and RecBLR's official code) initialise them; RecBLR got the same switch (RECBLR.md).
     init: str = "torch"
+    padding_in_softmax: bool = False  # RecBole's: the padding row 0 stays in the softmax (see RecBLR's)
 
     def __post_init__(self) -> None:
         if self.init not in ("torch", "recbole"):

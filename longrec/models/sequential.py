@@ -50,9 +50,11 @@ class SequentialRecommender(nn.Module, abc.ABC):
         return states @ self.item_embedding.weight.t()
 
     def next_item_loss(self, items: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
-        """Mean softmax cross-entropy over all items at every position with a target (target 0 = none)."""
+        """Mean softmax cross-entropy over all items at every position with a target (target 0 = none); the
+        padding row is out of the softmax unless the config's ``padding_in_softmax`` (RecBole's) says so."""
         hidden = self.encode(items, mask)
         has_target = targets > 0
         logits = self.score_all(hidden[has_target])  # only scored rows: [n_targets, n_items]
-        logits[:, 0] = torch.finfo(logits.dtype).min  # padding is never the answer
+        if not getattr(self.config, "padding_in_softmax", False):
+            logits[:, 0] = torch.finfo(logits.dtype).min  # padding is never the answer
         return nn.functional.cross_entropy(logits, targets[has_target])
