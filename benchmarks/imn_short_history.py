@@ -26,8 +26,8 @@ VARIANTS = {
     "DIN": ("din", {}),
     "IMN-1P": ("imn", {"iterations": 1, "memory_enhancement": False}),
     "IMN-3P": ("imn", {"iterations": 3, "memory_enhancement": False}),
-    "IMN-3P+": ("imn", {}),
-    "IMN-3P+ valid-length": ("imn", {"weight_normalisation": "valid_length"}),
+    "IMN-3P+": ("imn", {"memory_enhancement": True}),
+    "IMN-3P+ valid-length": ("imn", {"memory_enhancement": True, "weight_normalisation": "valid_length"}),
 }
 
 

@@ -54,7 +54,7 @@ ABLATIONS = [
     {},
     {"iterations": 1},
     {"iterations": 4},
-    {"memory_enhancement": False},
+    {"memory_enhancement": True},
     {"euclidean_terms": False},
     {"late_cross": True},
     {"weight_normalisation": "valid_length"},
@@ -133,7 +133,7 @@ def test_switches_with_same_parameters_change_the_output(switch: dict) -> None:
 
 
 def test_enhancement_switch_removes_exactly_the_enhancement_gru() -> None:
-    full, plain = make_imn().eval(), make_imn(memory_enhancement=False).eval()
+    full, plain = make_imn(memory_enhancement=True).eval(), make_imn(memory_enhancement=False).eval()
     missing, unexpected = plain.load_state_dict(full.state_dict(), strict=False)
     assert not missing and all(key.startswith("enhance_") for key in unexpected) and unexpected
     batch = tiny_batch(4)

@@ -29,11 +29,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "IMN-2P": ("imn", {"iterations": 2, "memory_enhancement": False}),
     "IMN-3P": ("imn", {"iterations": 3, "memory_enhancement": False}),
     "IMN-4P": ("imn", {"iterations": 4, "memory_enhancement": False}),
-    "IMN-1P+": ("imn", {"iterations": 1}),
-    "IMN-3P+": ("imn", {}),
-    "IMN-3P+ hadamard-only": ("imn", {"euclidean_terms": False}),
-    "IMN-3P+ late-cross": ("imn", {"late_cross": True}),
-    "IMN-3P+ valid-length": ("imn", {"weight_normalisation": "valid_length"}),
+    "IMN-1P+": ("imn", {"iterations": 1, "memory_enhancement": True}),
+    "IMN-3P+": ("imn", {"memory_enhancement": True}),
+    "IMN-3P+ hadamard-only": ("imn", {"memory_enhancement": True, "euclidean_terms": False}),
+    "IMN-3P+ late-cross": ("imn", {"memory_enhancement": True, "late_cross": True}),
+    "IMN-3P+ valid-length": ("imn", {"memory_enhancement": True, "weight_normalisation": "valid_length"}),
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 
