@@ -124,7 +124,8 @@ def main() -> None:
     payload = json.loads(args.json.read_text()) if args.json.is_file() else {}
     payload.update(
         command="OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/nextitem_tuning.py "
-        f"--dataset {args.dataset} -L {args.max_history_length} --models {args.models} --dropouts {args.dropouts} --lrs {args.lrs} "
+        f"--dataset {args.dataset} -L {args.max_history_length} --models {args.models} "
+        f"--dropouts {args.dropouts} --lrs {args.lrs} "
         f"--tune-seeds {args.tune_seeds} --seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
         f"--batch-size {args.batch_size} --threads {args.threads} "
         f"--recblr-overrides '{args.recblr_overrides}' --sasrec-overrides '{args.sasrec_overrides}' --json {args.json}",
