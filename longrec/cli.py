@@ -29,8 +29,8 @@ def _mount_experiments() -> None:
     app.add_typer(
         rollout_app, name="rollout", help="A/B rollout: start, status, step, promote, rollback, report."
     )
+    from longrec.pipeline.tune_cli import tune_app
     from longrec.registry.cli import registry_app
-    from longrec.train.tune_cli import tune_app
 
     app.add_typer(tune_app, name="tune", help="Tuning on a cluster: Katib experiments and their trials.")
 
