@@ -192,7 +192,7 @@ def main() -> None:
     payload.update(
         command="OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/imn_short_history.py "
         f"--dataset {args.dataset} -L {args.max_history_length} --seeds {args.seeds} --epochs {args.epochs} "
-        f"--lr {args.lr} --json {args.json}",
+        f"--lr {args.lr} --threads {args.threads} --json {args.json}",
         dataset=args.dataset,
         max_history_length=args.max_history_length,
         epochs=args.epochs,
