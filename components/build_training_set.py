@@ -11,6 +11,7 @@ def build_training_set(
     events: Input[Dataset],
     feature_repo: Input[Artifact],
     max_history_length: int,
+    memory_history_length: int,
     split: str,
     train_negatives: int,
     eval_negatives: int,
@@ -24,6 +25,7 @@ def build_training_set(
         events: The ingested dataset folder.
         feature_repo: The materialized Feast repo.
         max_history_length: History length L.
+        memory_history_length: L_long of the long view LMN writes its memory from (0 = none).
         split: "time" (global 80/10/10 time split) or "leave_one_out".
         train_negatives: Sampled negatives per positive in train.
         eval_negatives: Sampled negatives per positive in valid and test.
@@ -36,6 +38,7 @@ def build_training_set(
 
     config = SampleConfig(
         max_history_length=max_history_length,
+        memory_history_length=memory_history_length,
         split=split,
         train_negatives=train_negatives,
         eval_negatives=eval_negatives,

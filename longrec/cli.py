@@ -74,6 +74,12 @@ DatasetOpt = typer.Option(
 )
 ModelsOpt = typer.Option("din,imn,recblr,lmn", help="Comma-separated models to train (DIN is the baseline).")
 LengthOpt = typer.Option(50, "--max-history-length", "-L", help="History length L.")
+LongLengthOpt = typer.Option(
+    0,
+    "--memory-history-length",
+    help="L_long: LMN also writes its memory from each sample's last L_long events (training only; "
+    "serving reads L). 0 = off.",
+)
 EpochsOpt = typer.Option(3, help="Maximum epochs (early stopping on validation AUC).")
 MaxEventsOpt = typer.Option(0, help="Keep whole users up to this many events (0 = all).")
 FloorOpt = typer.Option(0.70, help="Minimum test AUC to promote.")
@@ -105,6 +111,7 @@ def run(
     dataset: str = DatasetOpt,
     models: str = ModelsOpt,
     max_history_length: int = LengthOpt,
+    memory_history_length: int = LongLengthOpt,
     epochs: int = EpochsOpt,
     max_events: int = MaxEventsOpt,
     auc_floor: float = FloorOpt,
@@ -137,6 +144,7 @@ def run(
         dataset=dataset,
         models=models,
         max_history_length=max_history_length,
+        memory_history_length=memory_history_length,
         epochs=epochs,
         max_events=max_events,
         auc_floor=auc_floor,
@@ -215,6 +223,7 @@ def submit(
     dataset: str = DatasetOpt,
     models: str = ModelsOpt,
     max_history_length: int = LengthOpt,
+    memory_history_length: int = LongLengthOpt,
     epochs: int = EpochsOpt,
     max_events: int = MaxEventsOpt,
     auc_floor: float = FloorOpt,
@@ -245,6 +254,7 @@ def submit(
         dataset=dataset,
         models=models,
         max_history_length=max_history_length,
+        memory_history_length=memory_history_length,
         epochs=epochs,
         max_events=max_events,
         auc_floor=auc_floor,
@@ -294,6 +304,7 @@ def train(
     dataset: str = DatasetOpt,
     model: str = typer.Option("din", help="Model to train."),
     max_history_length: int = LengthOpt,
+    memory_history_length: int = LongLengthOpt,
     epochs: int = EpochsOpt,
     max_events: int = MaxEventsOpt,
     split: str = SplitOpt,
@@ -313,6 +324,7 @@ def train(
         dataset=dataset,
         models=model,
         max_history_length=max_history_length,
+        memory_history_length=memory_history_length,
         epochs=epochs,
         max_events=max_events,
         split=split,

@@ -51,6 +51,7 @@ def training_pipeline(
     dataset: str = "ml-100k",
     models: list[str] = ["din", "imn", "recblr", "lmn"],  # noqa: B006 - KFP reads the default from the signature
     max_history_length: int = 50,
+    memory_history_length: int = 0,
     epochs: int = 3,
     batch_size: int = 1024,
     learning_rate: float = 0.003,
@@ -77,6 +78,8 @@ def training_pipeline(
         dataset: Built-in dataset (ml-100k, dslabs-movielens) or a path to a user,item,timestamp file.
         models: Models to train, each in its own GPU task (din, imn, recblr, lmn); DIN is the baseline.
         max_history_length: History length L.
+        memory_history_length: Long horizon L_long for LMN's memory writes: each sample's last L_long
+            events, read from Feast for training only (serving reads L); 0 = off, else >= L.
         epochs: Maximum training epochs (early stopping on validation AUC).
         batch_size: Training batch size.
         learning_rate: Adam learning rate.
@@ -108,6 +111,7 @@ def training_pipeline(
         events=ingest_task.outputs["events"],
         feature_repo=features_task.outputs["feature_repo"],
         max_history_length=max_history_length,
+        memory_history_length=memory_history_length,
         split=split,
         train_negatives=train_negatives,
         eval_negatives=eval_negatives,

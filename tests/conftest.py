@@ -23,7 +23,10 @@ TINY_MAX_EVENTS = 1_500
 def tiny_params() -> PipelineParams:
     """Pipeline parameters for smoke runs on a slice of the default dataset."""
     # auc_floor=0: a slice this small learns little; these runs test the mechanics, `make run` the quality.
-    return PipelineParams(max_events=TINY_MAX_EVENTS, epochs=1, batch_size=256, auc_floor=0.0)
+    # memory_history_length: LMN trains with two horizons (memory written from the last 120 events).
+    return PipelineParams(
+        max_events=TINY_MAX_EVENTS, epochs=1, batch_size=256, auc_floor=0.0, memory_history_length=120
+    )
 
 
 @pytest.fixture(scope="session")

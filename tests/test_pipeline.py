@@ -42,6 +42,9 @@ def test_compiled_yaml_exposes_parameters_for_the_ui(compiled):
     assert parameters["tuning_trials"]["parameterType"] == "NUMBER_INTEGER"
     assert parameters["tuning_trials"]["defaultValue"] == 0
     assert parameters["tuning_time_limit_minutes"]["parameterType"] == "NUMBER_DOUBLE"
+    # LMN's long horizon: off unless a run sets it.
+    assert parameters["memory_history_length"]["parameterType"] == "NUMBER_INTEGER"
+    assert parameters["memory_history_length"]["defaultValue"] == 0
 
 
 def _all_tasks(compiled) -> dict:
@@ -118,6 +121,11 @@ def test_local_run_trains_evaluates_gates_and_registers(local_pipeline_run):
     # LMN's trained model carries its memory as shard files with a manifest.
     lmn_dirs = [p for p in (run_dir / "kfp").rglob("train-model/model") if (p / "memory").is_dir()]
     assert len(lmn_dirs) == 1 and (lmn_dirs[0] / "memory" / "manifest.json").is_file()
+    # Two horizons: the run's memory_history_length reached LMN's training (and only LMN's).
+    for model_dir in (run_dir / "kfp").rglob("train-model/model"):
+        meta = json.loads((model_dir / "model_meta.json").read_text())
+        assert meta["training_set"]["sample_config"]["memory_history_length"] == 120
+        assert meta["summary"]["trained_with_long_view"] == (meta["model_name"] == "lmn"), meta["model_name"]
     assert summary.decision == "promote"
     pointer = ModelRegistry(registry).production(TINY_TRACK)
     assert pointer["tag"] == summary.production_tag

@@ -35,6 +35,9 @@ class SampleConfig:
     eval_negatives: int = 4  # more in valid/test to cut metric variance
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
     seed: int = 0
+    # L_long: also keep each sample's last L_long strictly-earlier events as a long view (schema
+    # LONG_HISTORY_COLUMNS) that only training reads (LMN writes its memory from it). 0 = no long view.
+    memory_history_length: int = 0
 
     def __post_init__(self) -> None:
         if int(self.max_history_length) <= 0:
@@ -51,9 +54,43 @@ class SampleConfig:
             raise ValueError("train_fraction + valid_fraction must be < 1 so the test split is not empty")
         if self.train_negatives < 1 or self.eval_negatives < 1:
             raise ValueError("train_negatives and eval_negatives must be >= 1")
+        if self.memory_history_length and int(self.memory_history_length) < int(self.max_history_length):
+            raise ValueError(
+                f"memory_history_length (L_long = {self.memory_history_length}) must be 0 (no long view) or "
+                f">= max_history_length ({self.max_history_length}): the long view extends the short one"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class LongHistoryLog:
+    """The flat event log a training set's long view indexes: every event's user, item and time, sorted
+    by (user, time, rank in the user's log). A sample's long history is rows [start, start + length)."""
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def windows(self, start: np.ndarray, length: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded [N, max_length] items and timestamps of the windows (oldest first)."""
+        start, length = np.asarray(start, np.int64), np.asarray(length, np.int64)
+        return pad_histories(self.item_ids, self.timestamps, start, length, max_length)
+
+
+def long_history_columns(log: LongHistoryLog, start: np.ndarray, length: np.ndarray) -> dict[str, np.ndarray]:
+    """The LONG_HISTORY_COLUMNS of samples whose long windows are [start, start + length) of ``log``."""
+    start, length = np.asarray(start, np.int64), np.asarray(length, np.int64)
+    last = np.where(length > 0, log.timestamps[np.clip(start + length - 1, 0, max(len(log) - 1, 0))], 0)
+    return {
+        "long_history_start": np.where(length > 0, start, 0),
+        "long_history_length": length,
+        "long_history_last_timestamp": last.astype(np.int64),
+    }
 
 
 @dataclass
@@ -292,9 +329,39 @@ def assemble_training_set(
     return frame
 
 
-def build_training_set(dataset: RecDataset, config: SampleConfig) -> pd.DataFrame:
-    """Targets, negatives and histories straight from events (the reference path; the pipeline reads
-    histories from Feast instead and must agree with this)."""
+def long_history_from_events(
+    targets: pd.DataFrame, events: SortedEvents, memory_history_length: int
+) -> tuple[LongHistoryLog, dict[str, np.ndarray]]:
+    """The long view of every target: the sorted events as the flat log, and each sample's window of
+    its last ``memory_history_length`` events strictly before the target (same rule as the history)."""
+    index = targets["event_index"].to_numpy()
+    end = events.history_end[index]
+    # history_start is max(user start, end - L): find each user's first event to widen the window.
+    first = np.r_[0, np.flatnonzero(events.user_id[1:] != events.user_id[:-1]) + 1]
+    user_start = first[np.searchsorted(first, index, side="right") - 1]
+    start = np.maximum(user_start, end - memory_history_length)
+    log = LongHistoryLog(events.user_id, events.item_id, events.timestamp)
+    return log, long_history_columns(log, start, end - start)
+
+
+def build_training_set_with_log(
+    dataset: RecDataset, config: SampleConfig
+) -> tuple[pd.DataFrame, LongHistoryLog | None]:
+    """``build_training_set`` plus, when ``config.memory_history_length`` > 0, the long view: its columns
+    in the frame and the flat log they index (None without a long view)."""
     targets, events = build_targets(dataset, config)
     items, times = histories_from_events(targets, events, config.max_history_length)
-    return assemble_training_set(targets, items, times, dataset)
+    frame = assemble_training_set(targets, items, times, dataset)
+    if not config.memory_history_length:
+        return frame, None
+    log, columns = long_history_from_events(targets, events, config.memory_history_length)
+    for name, values in columns.items():
+        frame[name] = values
+    return frame, log
+
+
+def build_training_set(dataset: RecDataset, config: SampleConfig) -> pd.DataFrame:
+    """Targets, negatives and histories straight from events (the reference path; the pipeline reads
+    histories from Feast instead and must agree with this). The long view's log is dropped: use
+    ``build_training_set_with_log`` to train from it."""
+    return build_training_set_with_log(dataset, config)[0]

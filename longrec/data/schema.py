@@ -40,6 +40,18 @@ SEQUENCE_SAMPLE_COLUMNS = {
     "history_mask": "bool",  # True on valid positions
 }
 SAMPLE_KEY = ("user_id", "target_timestamp", "target_item", "split")
+# The long view (only with SampleConfig.memory_history_length > 0): each sample's last L_long events strictly
+# before its target, as a window [start, start + length) of the training set's flat event log
+# (LONG_HISTORY_LOG_FILE) rather than padded lists: O(samples + events) whatever L_long is. Training only:
+# LMN writes its memory from it; nothing at serving time reads it.
+LONG_HISTORY_COLUMNS = {
+    "long_history_start": "int64",  # index of the window's first event in the flat log
+    "long_history_length": "int64",  # events in the window, history_length <= n <= memory_history_length
+    "long_history_last_timestamp": "int64",  # time of the window's newest event (0 if empty): < target
+}
+# In a batch, the long view is the rows' window bounds plus the log's items under this key, one tensor
+# shared by every row (TensorSampleSet.shared); only training batches built with a long view carry it.
+LONG_LOG_KEY = "long_history_log_items"
 
 # Side features a model may use; every model must also run with use_side_features=False.
 SIDE_FEATURES = ("target_genre", "user_age", "user_gender", "user_occupation")

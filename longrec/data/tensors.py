@@ -1,8 +1,10 @@
 """In-memory tensors of one split, batched for training, plus the time-bucket feature.
 
 A ``TensorSampleSet`` is a dict of tensors keyed by ``BATCH_KEYS`` (extra keys ride along) that all share
-their first dimension. Batches are produced by indexing with a permutation: the whole split fits in
-memory at the sizes this project uses, so no DataLoader or worker processes are needed.
+their first dimension, plus optional ``shared`` tensors that every batch carries whole (the long view's
+flat event log, which rows index by window bounds). Batches are produced by indexing with a permutation:
+the whole split fits in memory at the sizes this project uses, so no DataLoader or worker processes are
+needed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ _BATCH_DTYPES["history_mask"] = torch.bool
 class TensorSampleSet:
     """The batch tensors of one split: every value has the same first dimension (the sample count)."""
 
-    def __init__(self, tensors: Mapping[str, Tensor]) -> None:
+    def __init__(self, tensors: Mapping[str, Tensor], shared: Mapping[str, Tensor] | None = None) -> None:
         missing = [key for key in BATCH_KEYS if key not in tensors]
         if missing:
             raise ValueError(f"TensorSampleSet is missing batch keys {missing}")
@@ -44,11 +46,20 @@ class TensorSampleSet:
                     f"{key} has shape {tuple(self.tensors[key].shape)}, expected {tuple(history_shape)}"
                 )
         self._length = lengths["label"]
+        self.shared: dict[str, Tensor] = dict(shared or {})
+        clash = sorted(set(self.shared) & set(self.tensors))
+        if clash:
+            raise ValueError(f"keys {clash} are both per-row and shared tensors")
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> TensorSampleSet:
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], shared: Mapping[str, np.ndarray] | None = None
+    ) -> TensorSampleSet:
         """Build from numpy arrays (same keys as a batch); copies only where a dtype changes."""
-        return cls({key: torch.as_tensor(np.asarray(value)) for key, value in arrays.items()})
+        return cls(
+            {key: torch.as_tensor(np.asarray(value)) for key, value in arrays.items()},
+            {key: torch.as_tensor(np.asarray(value)) for key, value in (shared or {}).items()},
+        )
 
     def __len__(self) -> int:
         return self._length
@@ -65,11 +76,14 @@ class TensorSampleSet:
         """A new set holding the rows selected by ``idx`` (indices, a boolean mask or a slice)."""
         if not isinstance(idx, slice):
             idx = torch.as_tensor(np.asarray(idx) if not isinstance(idx, Tensor) else idx)
-        return TensorSampleSet({key: value[idx] for key, value in self.tensors.items()})
+        return TensorSampleSet({key: value[idx] for key, value in self.tensors.items()}, self.shared)
 
     def to(self, device: torch.device | str) -> TensorSampleSet:
         """A copy with every tensor moved to ``device``."""
-        return TensorSampleSet({key: value.to(device) for key, value in self.tensors.items()})
+        return TensorSampleSet(
+            {key: value.to(device) for key, value in self.tensors.items()},
+            {key: value.to(device) for key, value in self.shared.items()},
+        )
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
@@ -82,11 +96,14 @@ class TensorSampleSet:
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                yield {key: value[idx] for key, value in self.tensors.items()}
+                yield {**{key: value[idx] for key, value in self.tensors.items()}, **self.shared}
         else:
             # Slices are views: no copy when reading in order (evaluation).
             for start in range(0, n, batch_size):
-                yield {key: value[start : start + batch_size] for key, value in self.tensors.items()}
+                yield {
+                    **{key: value[start : start + batch_size] for key, value in self.tensors.items()},
+                    **self.shared,
+                }
 
 
 def time_buckets(

@@ -18,14 +18,21 @@ import pyarrow.parquet as pq
 from feast import FeatureStore
 
 from longrec.data.datasets import RecDataset
-from longrec.data.samples import SampleConfig, assemble_training_set, build_targets
-from longrec.data.schema import SCALAR_SAMPLE_COLUMNS, SEQUENCE_SAMPLE_COLUMNS
+from longrec.data.samples import (
+    LongHistoryLog,
+    SampleConfig,
+    assemble_training_set,
+    build_targets,
+    long_history_columns,
+)
+from longrec.data.schema import LONG_HISTORY_COLUMNS, SCALAR_SAMPLE_COLUMNS, SEQUENCE_SAMPLE_COLUMNS
 from longrec.data.training_set import (
     META_FILE,
     SPEC_FILE,
     TRAINING_SET_FILE,
     stack_sequences,
     training_set_meta,
+    write_long_history_log,
 )
 from longrec.features.store import EventLog, FeatureConsistencyError, fetch_user_features, iter_history_chunks
 
@@ -36,11 +43,15 @@ VALUES_PER_CHUNK = 16_000_000
 _USER_COLUMNS = (("user_age", "age_id"), ("user_gender", "gender_id"), ("user_occupation", "occupation_id"))
 
 
-def _schema(length: int) -> pa.Schema:
+def _scalar_columns(long_view: bool) -> dict[str, str]:
+    return {**SCALAR_SAMPLE_COLUMNS, **(LONG_HISTORY_COLUMNS if long_view else {})}
+
+
+def _schema(length: int, long_view: bool = False) -> pa.Schema:
     """The layout of `longrec.data.training_set.write_training_set`: scalars, then fixed-size lists."""
     scalar = [
         (column, pa.string() if dtype == "object" else pa.from_numpy_dtype(np.dtype(dtype)))
-        for column, dtype in SCALAR_SAMPLE_COLUMNS.items()
+        for column, dtype in _scalar_columns(long_view).items()
     ]
     sequence = [
         (column, pa.list_(pa.from_numpy_dtype(np.dtype(dtype)), length))
@@ -51,9 +62,8 @@ def _schema(length: int) -> pa.Schema:
 
 def _chunk_table(frame, schema: pa.Schema, length: int) -> pa.Table:
     """One chunk of samples as a table of `schema`."""
-    arrays = [
-        pa.array(frame[column].to_numpy(), type=schema.field(column).type) for column in SCALAR_SAMPLE_COLUMNS
-    ]
+    scalar = _scalar_columns("long_history_start" in schema.names)
+    arrays = [pa.array(frame[column].to_numpy(), type=schema.field(column).type) for column in scalar]
     for column, dtype in SEQUENCE_SAMPLE_COLUMNS.items():
         values = stack_sequences(frame[column], np.dtype(dtype)).reshape(-1)
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), length))
@@ -67,7 +77,9 @@ def build_training_set_from_features(
     output_dir: str | Path,
     values_per_chunk: int = VALUES_PER_CHUNK,
 ) -> dict:
-    """Targets and negatives from events; histories and user features point-in-time from Feast."""
+    """Targets and negatives from events; histories and user features point-in-time from Feast. With
+    ``config.memory_history_length`` > 0 also the long view: each sample's window of the same event log
+    (the last L_long events strictly before the target) and the log itself, for training only."""
     dataset = RecDataset.load(dataset_dir)
     targets, _ = build_targets(dataset, config)
     length = config.max_history_length
@@ -86,13 +98,28 @@ def build_training_set_from_features(
     counts: dict[str, int] = {}
     n_samples = 0
     rows_per_chunk = max(1, values_per_chunk // length)
-    schema = _schema(length)
+    long_view = bool(config.memory_history_length)
+    schema = _schema(length, long_view)
+    if long_view:
+        long_log = LongHistoryLog(
+            np.repeat(log.user_ids, np.diff(log.user_start)), log.item_ids, log.timestamps
+        )
+        long_start, long_length = log.history_bounds(
+            targets["user_id"].to_numpy(np.int64),
+            targets["target_timestamp"].to_numpy(np.int64),
+            config.memory_history_length,
+        )
+        long_columns = long_history_columns(long_log, long_start, long_length)
+        write_long_history_log(long_log, output_dir)
     with pq.ParquetWriter(output_dir / TRAINING_SET_FILE, schema) as writer:
         for rows, items, stamps in iter_history_chunks(log, targets, length, rows_per_chunk):
             chunk = assemble_training_set(targets.iloc[rows], items, stamps, dataset)
             # User side features as the feature store served them.
             for column, source in _USER_COLUMNS:
                 chunk[column] = side[source].reindex(chunk["user_id"]).to_numpy(np.int64)
+            if long_view:
+                for column, values in long_columns.items():
+                    chunk[column] = values[rows]
             writer.write_table(_chunk_table(chunk, schema, length))
             n_samples += len(chunk)
             for split, count in chunk["split"].value_counts().items():
@@ -105,7 +132,8 @@ def build_training_set_from_features(
     meta = training_set_meta(
         dataset,
         config,
-        "feast offline store: event-log view, last L events strictly before target_timestamp",
+        "feast offline store: event-log view, last L events strictly before target_timestamp"
+        + (f"; long view: last {config.memory_history_length} such events" if long_view else ""),
         counts,
     )
     spec.to_json(output_dir / SPEC_FILE)

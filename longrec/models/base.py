@@ -32,6 +32,9 @@ class CTRModel(nn.Module, abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # Whether training batches should carry the training set's long view (LMN's memory writes); no
+    # model reads it at inference.
+    reads_long_view: ClassVar[bool] = False
 
     def __init__(self, spec: FeatureSpec, config: Any) -> None:
         super().__init__()

@@ -9,6 +9,21 @@ value slots. Loss = BCE + λ·L_mem. Dense parameters train with Adam, the value
 Choices the paper leaves open (each a switch): T is a fixed orthogonal projection (a stop-gradient target
 gives T no gradient, so it would stay at its initialisation anyway); ``memory_history_reads`` can cap the
 reads to the last n valid history items (reads cost B·n grid lookups per batch; default None = all).
+
+Two horizons (what the memory is for): the backbone and the head read the last L_short items, while the
+memory loss may write from a longer window. When a batch carries the training set's long view
+(``SampleConfig.memory_history_length`` = L_long > L_short), each sample writes ``memory_write_samples``
+events drawn (stratified, uniformly) from its last L_long events strictly before the target, instead of
+its short-history reads. Inference never reads the long view: the head's inputs are the short history,
+the target and memory reads for those items.
+
+The write target τ (``memory_target``):
+- "projection": τ_j = T([e_j ; g(user)]). Everything in it is an input the model also has at inference
+  (the item's and user's embeddings), so the memory can add only where writes landed, not what they say.
+- "interest": τ_j = T([ē ; g(user)]), ē the mean embedding of the events the sample writes (its long
+  window when there is one). Every write of a sample stores the user's long-horizon taste, which the
+  short history does not contain; a read at (user, item) then returns the taste of the users who
+  consumed items like it (see README "LMN" for which the study supports).
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longrec.data.schema import FeatureSpec
+from longrec.data.schema import LONG_LOG_KEY, FeatureSpec
 from longrec.memory import (
     QUERY_VARIANTS,
     MemoryConfig,
@@ -39,6 +54,7 @@ __all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
 
 USER_FEATURE_MODES = ("id+side", "id", "side")
 MEMORY_POOLS = ("mean", "attention")
+MEMORY_TARGETS = ("projection", "interest")
 
 
 @dataclass
@@ -71,6 +87,10 @@ class LMNConfig:
     memory_lr: float | None = None  # SparseAdam lr of the value table; None = the trainer's lr
     memory_backend: str = "auto"  # "auto" (Triton on CUDA, torch on CPU) | "reference" | "triton"
     memory_shards: int = 4  # shards written by export_artifacts
+    # Two horizons: events each sample writes from its long window when the batch has a long view (a
+    # training set with memory_history_length > 0); the short history reads are written otherwise.
+    memory_write_samples: int = 64
+    memory_target: str = "projection"  # τ: "projection" T([e_j ; g]) | "interest" T([ē ; g]) (module doc)
 
     def __post_init__(self) -> None:
         self.attention_hidden = tuple(self.attention_hidden)
@@ -89,6 +109,10 @@ class LMNConfig:
             raise ValueError("memory_loss_weight must be >= 0")
         if self.memory_shards < 1:
             raise ValueError("memory_shards must be >= 1")
+        if self.memory_write_samples < 1:
+            raise ValueError("memory_write_samples must be >= 1")
+        if self.memory_target not in MEMORY_TARGETS:
+            raise ValueError(f"memory_target must be one of {MEMORY_TARGETS}, got {self.memory_target!r}")
         self.memory_config()  # validates slots / K / widths
 
     def backbone_config(self) -> DINConfig:
@@ -139,6 +163,7 @@ class LMN(UsesDINBackbone, CTRModel):
 
     name: ClassVar[str] = "lmn"
     config_class: ClassVar[type] = LMNConfig
+    reads_long_view: ClassVar[bool] = True
 
     def __init__(self, spec: FeatureSpec, config: LMNConfig | None = None) -> None:
         config = config if config is not None else LMNConfig()
@@ -234,9 +259,15 @@ class LMN(UsesDINBackbone, CTRModel):
         pooled = reads.new_zeros(size, dv).index_add_(0, rows, history_reads * pool_weight.unsqueeze(-1))
 
         # Kept for loss(): the trainer calls loss(batch, logits) right after this forward.
-        self._memory_loss = (
-            self._memory_objective(history_reads, read_vectors, users[rows]) if self.training else None
-        )
+        self._memory_loss = None
+        if self.training:
+            if LONG_LOG_KEY in batch:  # two horizons: write events of the long window
+                write_items, write_rows = self.long_view_writes(batch)
+                write_vectors = self.item_embedding(write_items)
+                writes = self.read_memory(write_items, write_rows, write_vectors, users)
+                self._memory_loss = self._memory_objective(writes, write_vectors, write_rows, users)
+            else:
+                self._memory_loss = self._memory_objective(history_reads, read_vectors, rows, users)
         return self.head(torch.cat([backbone["features"], target_read, pooled], -1)).squeeze(-1)
 
     # -- serving: history reads, attention's user half and g(user) once; then every candidate ---------
@@ -275,26 +306,54 @@ class LMN(UsesDINBackbone, CTRModel):
             pooled = weights[:, user["read_positions"]] @ reads
         return self.head(torch.cat([backbone["features"], target_read, pooled], -1)).squeeze(-1)
 
-    def _memory_objective(self, reads: Tensor, item_vectors: Tensor, users: Tensor) -> Tensor:
-        """Mean Smooth-L1 between reads [N, d_v] and their stop-gradient targets T([e ; g])."""
+    def long_view_writes(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Items [N] and batch rows [N] of the memory writes from the long view. A window of at most
+        ``memory_write_samples`` (W) events is written whole; a longer one as W draws, one uniform draw
+        from each of W equal strata of the window, so every part of it is written. Only positions in
+        [start, start + length) are drawn: the window holds the sample's events strictly before its target."""
+        start, length = batch["long_history_start"], batch["long_history_length"]
+        log = batch[LONG_LOG_KEY]
+        size, draws = start.shape[0], self.config.memory_write_samples
+        strata = torch.arange(draws, device=start.device)
+        fraction = (strata.to(torch.float32) + torch.rand(size, draws, device=start.device)) / draws
+        drawn = (fraction * length.unsqueeze(1).to(torch.float32)).long()
+        drawn = torch.minimum(drawn, (length - 1).clamp_min(0).unsqueeze(1))
+        whole = length.unsqueeze(1) <= draws
+        offsets = torch.where(whole, strata.expand(size, -1), drawn)
+        keep = torch.where(whole, strata < length.unsqueeze(1), (length > 0).unsqueeze(1))
+        rows = torch.arange(size, device=start.device).unsqueeze(1).expand(-1, draws)[keep]
+        return log[(start.unsqueeze(1) + offsets)[keep]], rows
+
+    def _memory_objective(self, reads: Tensor, item_vectors: Tensor, owners: Tensor, users: Tensor) -> Tensor:
+        """Mean Smooth-L1 between reads [N, d_v] of items (embeddings [N, d]) for batch rows ``owners`` and
+        their stop-gradient targets τ (``memory_target``), given g(user) [B, d_g] of every row."""
         if reads.shape[0] == 0:
             return reads.sum() * 0.0
-        goal = F.linear(torch.cat([item_vectors, users], dim=-1), self.memory_target_projection)
+        if self.config.memory_target == "interest":  # ē: mean embedding of each row's written events
+            sums = item_vectors.new_zeros(users.shape[0], item_vectors.shape[-1]).index_add_(0, owners, item_vectors)
+            counts = torch.bincount(owners, minlength=users.shape[0]).clamp_min(1).to(sums.dtype)
+            item_part = (sums / counts.unsqueeze(-1))[owners]
+        else:
+            item_part = item_vectors
+        goal = F.linear(torch.cat([item_part, users[owners]], dim=-1), self.memory_target_projection)
         return F.smooth_l1_loss(reads, goal.detach())
 
     def memory_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """L_mem = mean Smooth-L1(m_j, stop_grad(τ_j)) over the valid history reads of ``batch``."""
+        """L_mem = mean Smooth-L1(m_j, stop_grad(τ_j)) over the events ``batch`` writes (the valid history
+        reads, or draws from the long view when the batch has one)."""
         if self._memory_loss is not None:
             return self._memory_loss
-        # No cached term (an eval-mode forward came last): read the history again, without the head.
-        mask = batch["history_mask"]
-        positions, read_valid = self.read_positions(mask)
-        rows, cols = read_valid.nonzero(as_tuple=True)
-        items = batch["history_items"].gather(1, positions)[rows, cols]
-        vectors = self.item_embedding(items)
+        # No cached term (an eval-mode forward came last): read the written events again, without the head.
         users = self.user(batch)
+        if LONG_LOG_KEY in batch:
+            items, rows = self.long_view_writes(batch)
+        else:
+            positions, read_valid = self.read_positions(batch["history_mask"])
+            rows, cols = read_valid.nonzero(as_tuple=True)
+            items = batch["history_items"].gather(1, positions)[rows, cols]
+        vectors = self.item_embedding(items)
         reads = self.read_memory(items, rows, vectors, users)
-        return self._memory_objective(reads, vectors, users[rows])
+        return self._memory_objective(reads, vectors, rows, users)
 
     def loss(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
         """BCE + λ·L_mem (the memory term from the training forward that produced ``logits``)."""

@@ -25,6 +25,7 @@ def train_direct(params, output: str | Path) -> dict:
     ingest_dataset(params.dataset, output / "events", max_events=params.max_events or None)
     config = SampleConfig(
         max_history_length=params.max_history_length,
+        memory_history_length=params.memory_history_length,
         split=params.split,
         train_negatives=params.train_negatives,
         eval_negatives=params.eval_negatives,

@@ -16,6 +16,8 @@ class PipelineParams(BaseModel):
     dataset: str = "ml-100k"
     models: list[str] = Field(default_factory=lambda: ["din", "imn", "recblr", "lmn"])
     max_history_length: int = 50
+    # L_long: LMN also writes its memory from each sample's last L_long events (training only); 0 = off.
+    memory_history_length: int = Field(0, ge=0)
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(1024, ge=1)
     # 3e-3: IMN is under-trained at 1e-3 after 3 epochs, and DIN does better at 3e-3 too (README).
@@ -43,6 +45,16 @@ class PipelineParams(BaseModel):
     def _positive_length(cls, value: int) -> int:
         if value <= 0:
             raise ValueError(f"max history length must be a positive integer, got {value}")
+        return value
+
+    @field_validator("memory_history_length")
+    @classmethod
+    def _long_covers_short(cls, value: int, info: ValidationInfo) -> int:
+        short = info.data.get("max_history_length")
+        if value and short is not None and value < short:
+            raise ValueError(
+                f"memory history length (L_long = {value}) must be 0 (off) or >= max_history_length ({short})"
+            )
         return value
 
     @field_validator("device")

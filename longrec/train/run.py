@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from longrec.data.training_set import read_training_set, tensors_by_split
+from longrec.data.training_set import read_long_history_log, read_training_set, tensors_by_split
 from longrec.model_files import CHECKPOINT_FILE, MODEL_META_FILE
-from longrec.models.registry import build_model
+from longrec.models.registry import MODEL_REGISTRY, build_model
 from longrec.train.trainer import (
     TrainConfig,
     derive_seed,
@@ -43,8 +43,12 @@ def train_from_training_set(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     frame, spec, meta = read_training_set(training_set_dir)
+    # The long view (a training set built with memory_history_length > 0) rides along only for models
+    # that write from it; the others never see it.
+    model_class = MODEL_REGISTRY[model_name][1] if model_name in MODEL_REGISTRY else None
+    long_log = read_long_history_log(training_set_dir) if getattr(model_class, "reads_long_view", False) else None
     # Training reads train and valid only; test rows are dropped before any tensor is built.
-    splits = tensors_by_split(frame[frame["split"].isin(["train", "valid"])], spec)
+    splits = tensors_by_split(frame[frame["split"].isin(["train", "valid"])], spec, long_log)
     if "train" not in splits:
         raise ValueError(f"training set {training_set_dir} has no train split")
     tuning = None
@@ -77,6 +81,8 @@ def train_from_training_set(
         "epochs_run": len(result.history),
         "stopped_early": result.stopped_early,
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        # Whether training batches carried the long view (LMN wrote its memory from L_long events).
+        "trained_with_long_view": long_log is not None,
     }
     model_meta = {
         "model_name": model_name,

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from longrec.data.schema import (
+    LONG_HISTORY_COLUMNS,
     SAMPLE_KEY,
     SCALAR_SAMPLE_COLUMNS,
     SEQUENCE_SAMPLE_COLUMNS,
@@ -67,6 +68,9 @@ class ValidationConfig:
     time_ordered_splits: bool = False
     min_users_per_split: int = 1  # coverage: distinct users each split present must have
     min_items_per_split: int = 1  # coverage: distinct target items each split present must have
+    # L_long of a training set built with a long view (SampleConfig.memory_history_length); None or 0: the
+    # samples must not claim one. The long-view rules read the windows from the log, not the frame.
+    memory_history_length: int | None = None
 
     def __post_init__(self) -> None:
         bounds = {"*": (self.min_positive_rate, self.max_positive_rate), **self.positive_rate_by_split}
@@ -628,6 +632,9 @@ def _build_rules(frame: pd.DataFrame, config: ValidationConfig) -> list[_Rule]:
         column_list=["sample_row", "window_item"],
     )
 
+    if config.memory_history_length:
+        _add_long_view_rules(add, int(config.memory_history_length))
+
     splits_present = (
         [s for s in config.allowed_splits if (frame["split"] == s).any()] if "split" in frame.columns else []
     )
@@ -681,6 +688,84 @@ def _build_rules(frame: pd.DataFrame, config: ValidationConfig) -> list[_Rule]:
             **kwargs,
         )
     return rules
+
+
+def _add_long_view_rules(add: Callable[..., None], long_length: int) -> None:
+    """The long view's rules: its columns, window sizes, and windows (read from the log) that hold only
+    the sample's own user's events, all strictly before the target."""
+    for column in LONG_HISTORY_COLUMNS:
+        add(
+            f"exists_{column}",
+            f"column {column} present",
+            f"the training set was built with a long view (memory_history_length={long_length})",
+            "ExpectColumnToExist",
+            column=column,
+        )
+    add(
+        "long_history_length_range",
+        f"long_history_length between 0 and {long_length}",
+        "the long view holds at most L_long (memory_history_length) events",
+        "ExpectColumnValuesToBeBetween",
+        requires=("long_history_length",),
+        column="long_history_length",
+        min_value=0,
+        max_value=long_length,
+    )
+    add(
+        "long_history_covers_history",
+        "long_history_length >= history_length",
+        "the long window extends the short history back in time",
+        "ExpectColumnPairValuesAToBeGreaterThanB",
+        requires=("long_history_length", "history_length"),
+        column_A="long_history_length",
+        column_B="history_length",
+        or_equal=True,
+    )
+    add(
+        "long_window_in_log_of_user",
+        "every long window lies in the event log and holds only the sample's user's events",
+        "a window across users or past the log's end writes someone else's history into the memory",
+        "ExpectColumnValuesToBeInSet",
+        requires=("long_history_start", "long_history_length", "user_id"),
+        column="long_window_of_user",
+        value_set=[True],
+    )
+    add(
+        "long_history_before_target",
+        "every long-window event strictly before its target (newest event, read from the log)",
+        "an event at or after the target written into the memory leaks the label",
+        "ExpectColumnPairValuesAToBeGreaterThanB",
+        requires=("long_history_start", "long_history_length", "target_timestamp"),
+        column_A="target_timestamp",
+        column_B="long_window_newest_timestamp",
+        or_equal=False,
+    )
+
+
+def _long_window_columns(frame: pd.DataFrame, long_log) -> dict[str, Any]:
+    """Derived columns of the long-view rules, from the log itself: whether each window lies in the log
+    and in its user's events, and the time of its newest event (the log is time-sorted within a user)."""
+    start = pd.to_numeric(frame["long_history_start"], errors="coerce").to_numpy()
+    length = pd.to_numeric(frame["long_history_length"], errors="coerce").to_numpy()
+    users = pd.to_numeric(frame["user_id"], errors="coerce").to_numpy()
+    n = len(long_log)
+    readable = ~(np.isnan(start.astype(float)) | np.isnan(length.astype(float)))
+    start = np.where(readable, start, 0).astype(np.int64)
+    length = np.where(readable, length, 0).astype(np.int64)
+    inside = readable & (start >= 0) & (length >= 0) & (start + length <= n)
+    empty = inside & (length == 0)
+    first = np.clip(start, 0, max(n - 1, 0))
+    last = np.clip(start + length - 1, 0, max(n - 1, 0))
+    if n:
+        same_user = (long_log.user_ids[first] == users) & (long_log.user_ids[last] == users)
+        newest = np.where(inside & ~empty, long_log.timestamps[last], 0)
+    else:
+        same_user = np.zeros(len(frame), bool)
+        newest = np.zeros(len(frame), np.int64)
+    return {
+        "long_window_of_user": inside & (empty | same_user),
+        "long_window_newest_timestamp": newest.astype(np.int64),
+    }
 
 
 def _run_suite(
@@ -837,9 +922,11 @@ def validate_training_set(
     spec: FeatureSpec,
     config: ValidationConfig | None = None,
     docs_dir: str | Path | None = None,
+    long_log=None,
 ) -> ValidationResult:
     """Validate a training-set frame against the GE suites built from `spec` and `config`; with
-    `docs_dir`, also build Great Expectations' Data Docs site there (index.html)."""
+    `docs_dir`, also build Great Expectations' Data Docs site there (index.html). A long view
+    (``config.memory_history_length``) is checked against ``long_log``, the event log its windows index."""
     started = time.perf_counter()
     config = (config or ValidationConfig()).resolved(spec)
     max_len = int(config.max_history_length or 0)
@@ -855,6 +942,12 @@ def validate_training_set(
         if column in columns:
             columns[column] = derived.columns[f"{column}_length"]
     columns.update(derived.columns)
+    if config.memory_history_length:
+        if long_log is None:
+            derived.unavailable["long_window_of_user"] = "the long view's event log is missing"
+            derived.unavailable["long_window_newest_timestamp"] = "the long view's event log is missing"
+        elif all(c in frame.columns for c in ("long_history_start", "long_history_length", "user_id")):
+            columns.update(_long_window_columns(frame, long_log))
     batch = pd.DataFrame(columns, index=frame.index)
 
     rules = _build_rules(frame, config)
@@ -940,11 +1033,12 @@ def _skip_reason(
         return f"column {', '.join(missing)} missing"
     if rule.batch not in batches:
         return derived.unavailable.get(rule.batch, f"batch {rule.batch} unavailable")
-    column = rule.kwargs.get("column")
-    if column in derived.unavailable:
-        return derived.unavailable[column]
-    if column is not None and column not in batches[rule.batch].columns:
-        return f"derived column {column} unavailable"
+    for key in ("column", "column_A", "column_B"):
+        column = rule.kwargs.get(key)
+        if column in derived.unavailable:
+            return derived.unavailable[column]
+        if column is not None and column not in batches[rule.batch].columns:
+            return f"derived column {column} unavailable"
     return None
 
 
