@@ -6,14 +6,15 @@ and batch order only):
 
 - ``DIN@S`` / ``DIN@L``: DIN reading the last S or the last L events;
 - ``IMN@L``: IMN (its default 3P) reading the last L events;
-- ``LMN@S``: LMN with one horizon (the memory written from the S events it reads);
+- ``LMN@S <slots>``: LMN with one horizon (the memory written from the S events it reads);
 - ``LMN S+L <target> <slots>``: the backbone reads S, the memory loss writes events drawn from the last L
   (``SampleConfig.memory_history_length``), at each memory size and write target.
 
 Test AUC / GAUC / LogLoss (mean ± std over seeds), the same AUC by history-length bucket (the number of
 the user's events before the target: short ≤ S < medium < L ≤ long), training seconds per epoch, and the
 bare forward of one request (1 user × 100 candidates: ``encode_user`` + ``score_candidates``, median of
-30). Resumable: finished (row, seed) runs in the JSON are kept. Writes a .md beside the JSON.
+30). Resumable: finished (row, seed) runs in the JSON are kept. Writes a .md and a plot (test AUC against
+memory slots, by horizon and write target, DIN and IMN as reference lines) beside the JSON.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/lmn_two_horizons.py --dataset dslabs-movielens \
         --short 50 --long 500 --seeds 0,1,2 --threads 1 \
@@ -39,8 +40,9 @@ def variants(short: int, long: int, slots: list[int], targets: list[str]) -> dic
         f"DIN@{short}": {"model": "din", "horizon": "short", "overrides": {}},
         f"DIN@{long}": {"model": "din", "horizon": "long", "overrides": {}},
         f"IMN@{long}": {"model": "imn", "horizon": "long", "overrides": {}},
-        f"LMN@{short}": {"model": "lmn", "horizon": "short", "overrides": {"memory_slots": slots[0]}},
     }
+    for n in slots:
+        rows[f"LMN@{short} {n // 1024}K"] = {"model": "lmn", "horizon": "short", "overrides": {"memory_slots": n}}
     for target in targets:
         for n in slots:
             rows[f"LMN {short}+{long} {target} {n // 1024}K"] = {
@@ -153,6 +155,52 @@ def table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(payload: dict, path: Path) -> None:
+    """Test AUC (mean ± std over seeds) against memory slots: LMN by horizon and write target, with DIN@S,
+    DIN@L and IMN@L as horizontal reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, long = payload["short"], payload["long"]
+    series: dict[str, list[tuple[int, list[float]]]] = {}
+    references = {}
+    for label, runs in payload["runs"].items():
+        if not runs:
+            continue
+        aucs = [r["test_auc"] for r in runs]
+        if label.startswith("LMN"):
+            slots = int(label.rsplit(" ", 1)[1].rstrip("K")) * 1024
+            name = f"LMN, one horizon ({s})" if label.startswith(f"LMN@{s} ") else (
+                f"LMN, {s} + memory from {long}, " + label.split()[2]
+            )
+            series.setdefault(name, []).append((slots, aucs))
+        else:
+            references[label] = aucs
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, points in series.items():
+        points.sort()
+        ax.errorbar(
+            [p[0] for p in points],
+            [statistics.mean(p[1]) for p in points],
+            yerr=[statistics.stdev(p[1]) if len(p[1]) > 1 else 0.0 for p in points],
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+    for (label, aucs), style in zip(references.items(), ("--", ":", "-."), strict=False):
+        ax.axhline(statistics.mean(aucs), linestyle=style, color="grey", label=f"{label} (no memory)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("memory slots")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"{payload['dataset']}: LMN with one and two horizons ({len(payload['seeds'])} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="dslabs-movielens")
@@ -168,6 +216,9 @@ def main() -> None:
     parser.add_argument("--max-events", type=int, default=0, help="smoke runs only (0 = all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument(
+        "--merge", type=Path, nargs="*", default=[], help="JSONs of other processes of the same study to merge in"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -237,6 +288,18 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(payload, indent=2))
             args.json.with_suffix(".md").write_text(table(payload))
+            plot(payload, args.json.with_suffix(".png"))
+    for source in args.merge:  # runs measured by parallel processes (one per seed), each with its own JSON
+        other = json.loads(source.read_text())
+        for label, other_runs in other.get("runs", {}).items():
+            done = runs.setdefault(label, [])
+            done += [r for r in other_runs if all(r["seed"] != d["seed"] for d in done)]
+    for label in runs:
+        runs[label].sort(key=lambda r: r["seed"])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(payload, indent=2))
+    args.json.with_suffix(".md").write_text(table(payload))
+    plot(payload, args.json.with_suffix(".png"))
     print(table(payload))
 
 

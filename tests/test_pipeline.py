@@ -54,6 +54,16 @@ def _all_tasks(compiled) -> dict:
     return tasks
 
 
+def test_only_training_reads_the_long_horizon(compiled):
+    tasks = _all_tasks(compiled)
+    # The online store's snapshots (what serving reads) are cut at L; L_long reaches the training set only.
+    materialize = tasks["materialize-features"]["inputs"]["parameters"]
+    assert materialize["max_history_length"]["componentInputParameter"] == "max_history_length"
+    assert "memory_history_length" not in materialize
+    samples = tasks["build-training-set"]["inputs"]["parameters"]
+    assert samples["memory_history_length"]["componentInputParameter"] == "memory_history_length"
+
+
 def test_registry_tasks_never_come_from_cache_and_training_retries(compiled):
     tasks = _all_tasks(compiled)
     # A cached evaluate/gate/register would replay a decision made against an older production model.
@@ -154,9 +164,10 @@ def test_second_run_is_compared_against_production(local_pipeline_run, tiny_para
 
 
 @pytest.mark.slow
-def test_smoke_run_never_replaces_the_full_dataset_model(local_pipeline_run, tiny_params, tmp_path):
+def test_smoke_run_with_a_budget_never_replaces_the_full_dataset_model(local_pipeline_run, tiny_params, tmp_path):
     """The issue's repro: production exists for ml-100k; `longrec run --models din --max-events 1500
-    --epochs 1 --auc-floor 0.5` must not touch it, and must not claim there is no production model."""
+    --epochs 1 --auc-floor 0.5` must not touch it, and must not claim there is no production model.
+    The same run (each costs about a minute) tunes with a budget of 2 trials: its run page shows them."""
     import shutil
 
     summary, registry = local_pipeline_run
@@ -171,12 +182,19 @@ def test_smoke_run_never_replaces_the_full_dataset_model(local_pipeline_run, tin
     )
     full_tag = store.register_and_promote(full_model, dataset_dir, expected_current=None)
     # The same slice a second time: production for the slice is comparable; a worse model must not win.
-    params = tiny_params.model_copy(update={"models": ["din"], "auc_floor": 0.5})
+    params = tiny_params.model_copy(update={"models": ["din"], "auc_floor": 0.5, "tuning_trials": 2})
     smoke = run_local(params, tmp_path / "runs", registry_dir=root)
     assert smoke.status == "succeeded", smoke.failure
     assert ModelRegistry(root).production("ml-100k")["tag"] == full_tag  # never moved by a slice
     assert "no production model for this dataset yet" not in smoke.decision_md
     assert f"no production model for {TINY_TRACK} yet" not in smoke.decision_md  # the slice has one
+    # The tuning budget: every trial and the pick on the run page, and in tuning.json.
+    tuning = json.loads((smoke.run_dir / "tuning.json").read_text())
+    assert list(tuning) == ["din"] and len(tuning["din"]["trials"]) == 2
+    page = (smoke.run_dir / "index.html").read_text()
+    assert "Tuning (validation split only)" in page and "valid AUC" in page
+    chosen = tuning["din"]["trials"][tuning["din"]["chosen_trial"]]
+    assert f"{chosen['valid_auc']:.4f}" in page
 
 
 @pytest.mark.slow

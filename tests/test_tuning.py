@@ -176,15 +176,5 @@ def test_the_train_component_records_trials_and_pick(training_dir, tmp_path):
     assert meta["train_config"]["lr"] == meta["tuning"]["chosen_params"]["lr"]
 
 
-def test_a_local_pipeline_run_with_a_budget_shows_the_trials_on_its_run_page(tmp_path, tiny_params):
-    from longrec.pipeline.local import run_local
-
-    params = tiny_params.model_copy(update={"models": ["din"], "tuning_trials": 2})
-    summary = run_local(params, tmp_path / "runs", registry_dir=tmp_path / "registry")
-    assert summary.status == "succeeded", summary.failure
-    tuning = json.loads((summary.run_dir / "tuning.json").read_text())
-    assert list(tuning) == ["din"] and len(tuning["din"]["trials"]) == 2
-    page = (summary.run_dir / "index.html").read_text()
-    assert "Tuning (validation split only)" in page and "valid AUC" in page
-    chosen = tuning["din"]["trials"][tuning["din"]["chosen_trial"]]
-    assert f"{chosen['valid_auc']:.4f}" in page
+# A kfp.local run with a budget showing its trials on the run page: tests/test_pipeline.py
+# (test_smoke_run_with_a_budget_never_replaces_the_full_dataset_model; one pipeline run checks both).

@@ -214,3 +214,13 @@ def test_direct_build_writes_the_long_view(tmp_path):
     build_training_set_from_events(tmp_path / "events", SampleConfig(max_history_length=3), tmp_path / "short")
     short, _, _ = read_training_set(tmp_path / "short")
     assert read_long_history_log(tmp_path / "short") is None and "long_history_start" not in short.columns
+
+
+def test_the_serving_feature_service_reads_no_event_log(tmp_path):
+    from longrec.features.definitions import EVENTS_VIEW, SEQUENCE_VIEW, build_definitions
+
+    definitions = build_definitions(tmp_path)
+    serving = {projection.name for projection in definitions.longrec_serving.feature_view_projections}
+    training = {projection.name for projection in definitions.longrec_training.feature_view_projections}
+    # Serving reads the latest snapshot of L events; the event log (any L_long) is for training only.
+    assert SEQUENCE_VIEW in serving and EVENTS_VIEW not in serving and EVENTS_VIEW in training
