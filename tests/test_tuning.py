@@ -177,4 +177,4 @@ def test_the_train_component_records_trials_and_pick(training_dir, tmp_path):
 
 
 # A kfp.local run with a budget showing its trials on the run page: tests/test_pipeline.py
-# (test_smoke_run_with_a_budget_never_replaces_the_full_dataset_model; one pipeline run checks both).
+# (test_second_run_is_compared_against_production; one pipeline run checks several things).
