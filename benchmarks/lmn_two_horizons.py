@@ -241,18 +241,19 @@ def main() -> None:
     two, log = build_training_set_with_log(
         dataset, SampleConfig(max_history_length=args.short, memory_history_length=args.long, seed=0)
     )
-    long_frame, _ = build_training_set_with_log(dataset, SampleConfig(max_history_length=args.long, seed=0))
     short_spec, long_spec = dataset.feature_spec(args.short), dataset.feature_spec(args.long)
-    two_splits = tensors_by_split(two, short_spec, log)
     data = {
         "short": (tensors_by_split(two, short_spec), short_spec),
-        "two": (two_splits, short_spec),
-        "long": (tensors_by_split(long_frame, long_spec), long_spec),
+        "two": (tensors_by_split(two, short_spec, log), short_spec),
     }
-    # Same samples in the same order in every view: the buckets and metrics line up.
     test_two = two[two["split"] == "test"]
-    test_long = long_frame[long_frame["split"] == "test"]
-    assert np.array_equal(test_two["target_item"].to_numpy(), test_long["target_item"].to_numpy())
+    if any(rows[label]["horizon"] == "long" for label in wanted):  # [N, L] histories: GBs at L=1000
+        long_frame, _ = build_training_set_with_log(dataset, SampleConfig(max_history_length=args.long, seed=0))
+        data["long"] = (tensors_by_split(long_frame, long_spec), long_spec)
+        # Same samples in the same order in every view: the buckets and metrics line up.
+        test_long = long_frame[long_frame["split"] == "test"]
+        assert np.array_equal(test_two["target_item"].to_numpy(), test_long["target_item"].to_numpy())
+        del long_frame, test_long
     data["n_earlier"] = test_two["long_history_length"].to_numpy()
     buckets = bucket_of(data["n_earlier"], args.short, args.long)
 
@@ -272,6 +273,11 @@ def main() -> None:
         bucket_samples={name: int((buckets == code).sum()) for code, name in enumerate(BUCKETS)},
     )
     runs = payload.setdefault("runs", {})
+    for source in args.merge:  # runs measured by parallel processes (one per seed), each with its own JSON
+        other = json.loads(source.read_text())
+        for label, other_runs in other.get("runs", {}).items():
+            done = runs.setdefault(label, [])
+            done += [r for r in other_runs if all(r["seed"] != d["seed"] for d in done)]
     for seed in seeds:  # seed-major: every row gets a first seed before any gets a third
         for label in wanted:
             done = runs.setdefault(label, [])
@@ -289,11 +295,6 @@ def main() -> None:
             args.json.write_text(json.dumps(payload, indent=2))
             args.json.with_suffix(".md").write_text(table(payload))
             plot(payload, args.json.with_suffix(".png"))
-    for source in args.merge:  # runs measured by parallel processes (one per seed), each with its own JSON
-        other = json.loads(source.read_text())
-        for label, other_runs in other.get("runs", {}).items():
-            done = runs.setdefault(label, [])
-            done += [r for r in other_runs if all(r["seed"] != d["seed"] for d in done)]
     for label in runs:
         runs[label].sort(key=lambda r: r["seed"])
     args.json.parent.mkdir(parents=True, exist_ok=True)
