@@ -186,7 +186,8 @@ def test_validation_checks_long_windows_against_the_log(two_horizon_set, tmp_pat
         validate_training_set_dir(tmp_path / "leaky", tmp_path / "leaky.html", tmp_path / "leaky.json")
     assert "every long-window event strictly before its target" in str(failure.value)
     # The report a person opens names the rule.
-    assert "long-window event strictly before its target" in (tmp_path / "leaky.html").read_text()
+    page = (tmp_path / "leaky.html").read_text()
+    assert "long-window event strictly before its target" in page and "long view (L_long, training only)" in page
     # Windows pointing at another user's events (the log starts with user 1's).
     crossing = frame.copy()
     crossing["long_history_start"] = 0

@@ -985,6 +985,7 @@ def validate_training_set(
     statistics = {
         "n_rows": len(frame),
         "max_history_length": max_len,
+        "memory_history_length": int(config.memory_history_length) if config.memory_history_length else None,
         "n_expectations": len(outcomes),
         "n_passed": sum(o.success is True for o in outcomes),
         "n_failed": len(failed),
@@ -1108,6 +1109,7 @@ def _render_html(result: ValidationResult) -> str:
     summary_rows = [
         ("rows", stats.get("n_rows")),
         ("max history length (L)", stats.get("max_history_length")),
+        ("long view (L_long, training only)", stats.get("memory_history_length")),
         ("expectations passed", f"{stats.get('n_passed')} / {stats.get('n_expectations')}"),
         ("failed", stats.get("n_failed")),
         ("not evaluated", stats.get("n_not_evaluated")),
