@@ -263,6 +263,7 @@ def main() -> None:
         f"--short {args.short} --long {args.long} --slots {args.slots} --targets {args.targets} --seeds {args.seeds} "
         f"--epochs {args.epochs} --threads {args.threads}"
         + (f" --max-events {args.max_events}" if args.max_events else "")
+        + (f" --rows '{args.rows}'" if args.rows else "")
         + f" --json {args.json}",
         dataset=args.dataset,
         short=args.short,
