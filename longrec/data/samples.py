@@ -102,6 +102,7 @@ class SortedEvents:
     timestamp: np.ndarray
     history_start: np.ndarray  # first index of the history in these arrays
     history_end: np.ndarray  # one past the last history event (= first event at the same second)
+    user_start: np.ndarray  # index of the first event of each event's user (the long view starts there)
 
     @property
     def history_length(self) -> np.ndarray:
@@ -120,7 +121,7 @@ def sort_events(events: pd.DataFrame, max_history_length: int) -> SortedEvents:
     user_start = np.maximum.accumulate(np.where(new_user, index, 0))
     history_end = np.maximum.accumulate(np.where(new_second, index, 0))
     history_start = np.maximum(user_start, history_end - max_history_length)
-    return SortedEvents(users, items, times, history_start, history_end)
+    return SortedEvents(users, items, times, history_start, history_end, user_start)
 
 
 def assign_splits(events: SortedEvents, config: SampleConfig) -> np.ndarray:
@@ -336,10 +337,7 @@ def long_history_from_events(
     its last ``memory_history_length`` events strictly before the target (same rule as the history)."""
     index = targets["event_index"].to_numpy()
     end = events.history_end[index]
-    # history_start is max(user start, end - L): find each user's first event to widen the window.
-    first = np.r_[0, np.flatnonzero(events.user_id[1:] != events.user_id[:-1]) + 1]
-    user_start = first[np.searchsorted(first, index, side="right") - 1]
-    start = np.maximum(user_start, end - memory_history_length)
+    start = np.maximum(events.user_start[index], end - memory_history_length)
     log = LongHistoryLog(events.user_id, events.item_id, events.timestamp)
     return log, long_history_columns(log, start, end - start)
 
