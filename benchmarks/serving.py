@@ -1,7 +1,8 @@
 """Serving latency and throughput of the ranker over HTTP on loopback, beside the bare in-process forward.
 
 For each model (DIN, IMN, RecBLR, LMN with 1,048,576 slots in 2 shard services) and each history length
-L, a synthetic world is served by `bentoml serve` (one worker per service, one torch thread): histories in
+L, a synthetic world is served by `bentoml serve` (one worker per service; the ranker's torch threads as the
+serving default, one per CPU, or --threads; shards one): histories in
 a Feast SQLite online store, random weights (serving cost does not depend on the weights; parity to the
 offline forward is tested in tests/test_serving*.py). A bounded async httpx loop sends /rank requests with
 100 candidates: at concurrency 1 for p50/p99 latency, then at concurrency 4 for throughput. Beside it, the
@@ -62,7 +63,7 @@ def make_world(root: Path, length: int, users_with_history: int) -> tuple:
 
 def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int) -> dict:
     """Eager forward of 100 rows, the eager split path and the compiled split path (what the service
-    runs by default), same features, one thread."""
+    runs by default), same features, the ranker's threads."""
     from longrec.serving.features import OnlineFeatures, build_batches
 
     features = OnlineFeatures(repo, spec.n_items)
@@ -154,6 +155,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     from longrec.serving.package import prepare_serving
     from longrec.serving.process import ServeProcess
     from longrec.serving.ranker import ModelScorer, Ranker
+    from longrec.serving.service_support import quiet_threads
 
     torch.manual_seed(0)
     overrides = LMN_PAPER_SCALE if name == "lmn" else {}
@@ -163,6 +165,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     config = prepare_serving(registry, tag, 2, repo)
     config.shard_timeout_s = 5.0  # measure, do not degrade
     config.compile = args.compile == "on"
+    config.torch_threads = args.threads
     scorer = ModelScorer(model_dir, tag, config.model_files)
     compiled = ModelScorer(model_dir, tag, config.model_files)
     if scorer.needs_memory:
@@ -173,7 +176,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         clients = [ShardValues(d, i).gather for i, d in enumerate(shard_dirs)]
         for each in (scorer, compiled):
             each.attach_memory(RemoteShardedMemory(load_memory_index(shard_dirs[0]), clients, timeout_s=30))
-    torch.set_num_threads(1)
+    threads = quiet_threads(args.threads)  # in process as served: the same intra-op threads
     compiled.enable_compile()
     Ranker({"main": compiled}, None).warm_up()
     before = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
@@ -207,6 +210,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         "memory_slots": overrides.get("memory_slots"),
         "shards": len(config.shard_tags),
         "compile": config.compile,
+        "torch_threads": threads,
         "concurrency": args.concurrency,
         "ready_s": round(ready_s, 1),
         **{k: round(v, 2) for k, v in bare.items()},
@@ -250,6 +254,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="off: /rank; on: /rank_batch (adaptive batching); both: one after the other",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="clients of the throughput phase")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="the ranker's torch threads, served and in process (0: the serving default, one per CPU)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -370,9 +370,17 @@ def serve(
         None, help="Seconds a memory gather may take before its slots read as zero."
     ),
     bento: bool = typer.Option(True, help="Serve the recorded Bento when one was built for the model."),
+    threads: int = typer.Option(
+        None,
+        min=0,
+        help="The ranker's torch intra-op threads (default 0: one per CPU it may run on; memory shards use "
+        "one). Same as LONGREC_TORCH_THREADS.",
+    ),
 ) -> None:
     """Serve a registered model (the production one of --dataset, or --tag) with its shard services."""
     _setup_logging(False)
+    if threads is not None:  # the served process reads it over its config (a Bento's included)
+        os.environ["LONGREC_TORCH_THREADS"] = str(threads)
     if (tag is None) == (dataset is None):
         fail("give exactly one of --tag and --dataset")
     for path in (feature_repo, feature_store_yaml):

@@ -79,7 +79,7 @@ class Ranker:
     """Scores 1..1,000 candidate items for a user: online features, one forward pass, flags."""
 
     def __init__(self) -> None:
-        quiet_threads()
+        quiet_threads(CONFIG.torch_threads if CONFIG is not None else 1)
         self.error: str | None = None
         self.ranker = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, once a request ran

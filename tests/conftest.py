@@ -7,6 +7,8 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 # Served rankers in tests score eagerly: compiling costs 10-20 s per service start on 2 cores. The compiled
 # path has its own parity test (tests/test_serving.py::test_compiled_scoring_equals_offline_scores).
 os.environ.setdefault("LONGREC_SERVING_COMPILE", "0")
+# ...and with one torch thread: several test servers share the 2 cores (the default is one per CPU).
+os.environ.setdefault("LONGREC_TORCH_THREADS", "1")
 # Triton kernels run on CPU only through the interpreter, which must be on before any @triton.jit runs.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -218,6 +219,54 @@ def test_corrupted_shard_file_is_named(world, tmp_path: Path) -> None:
         ShardValues(shard_dir, 1)
 
 
+def test_lmn_reads_memory_once_per_shard_beside_the_attention(world) -> None:
+    """One request asks each shard once (history and target reads together), and the backbone's attention
+    does not wait for those calls: shards answering in 0.3 s cost one 0.3 s, not two in a row."""
+    ranker, _ = local_ranker(world, "lmn", shard_timeout_s=2.0)
+    scorer = ranker.scorers["main"]
+    memory = scorer.model.sharded_memory
+    healthy = list(memory.clients)
+    calls: list[tuple[int, float, float]] = []
+    backbone_spans: list[tuple[float, float]] = []
+
+    def slow(shard):
+        def gather(slots):
+            started = time.perf_counter()
+            time.sleep(0.3)
+            rows = healthy[shard](slots)
+            calls.append((shard, started, time.perf_counter()))
+            return rows
+
+        return gather
+
+    score_candidates = scorer.model.backbone.score_candidates
+
+    def timed_backbone(*args):
+        started = time.perf_counter()
+        out = score_candidates(*args)
+        backbone_spans.append((started, time.perf_counter()))
+        return out
+
+    request = RankRequest(user_id=3, candidate_items=[5, 17, 3, 42], timestamp=NOW)
+    expected = offline_logits(world, "lmn", 3, [5, 17, 3, 42])
+    memory.clients[:] = [slow(0), slow(1)]
+    scorer.model.backbone.score_candidates = timed_backbone
+    try:
+        started = time.perf_counter()
+        response = ranker.rank(request)
+        elapsed = time.perf_counter() - started
+    finally:
+        memory.clients[:] = healthy
+        del scorer.model.backbone.score_candidates
+    assert sorted(shard for shard, _, _ in calls) == [0, 1]
+    assert elapsed < 0.55, f"the two shards' 0.3 s answers took {elapsed:.2f} s: calls in series"
+    (begin, end), = backbone_spans
+    assert all(begin < call_end for _, _, call_end in calls), "the attention waited for the memory reads"
+    assert not response.degraded_memory
+    served = {item.item_id: item.logit for item in response.items}
+    np.testing.assert_allclose([served[c] for c in [5, 17, 3, 42]], expected, atol=1e-5, rtol=0)
+
+
 def test_dead_shard_degrades_within_the_timeout_and_recovers(world) -> None:
     ranker, _ = local_ranker(world, "lmn", shard_timeout_s=0.2, shard_retry_after_s=0.3)
     memory = ranker.scorers["main"].model.sharded_memory
@@ -316,3 +365,19 @@ def test_a_bento_served_by_dataset_logs_requests_to_the_rollout_folder(tmp_path:
     bundled = ServingConfig(model_tag="m:v", model_name="din", dataset="ml-100k")
     monkeypatch.setenv("LONGREC_ROLLOUT_DIR", env["LONGREC_ROLLOUT_DIR"])
     assert bundled.with_environment().rollout_dir == str(tmp_path / "rollout")
+
+
+def test_ranker_threads_default_to_one_per_cpu_and_follow_the_environment(monkeypatch) -> None:
+    from longrec.serving.config import ServingConfig
+    from longrec.serving.service_support import quiet_threads
+
+    config = ServingConfig(model_tag="m:v", model_name="din")
+    assert config.torch_threads == 0  # one per CPU: one worker scores one request at a time
+    monkeypatch.setenv("LONGREC_TORCH_THREADS", "3")
+    assert config.with_environment().torch_threads == 3
+    before = torch.get_num_threads()
+    try:
+        assert quiet_threads(0) == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+        assert quiet_threads(1) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -298,16 +298,45 @@ class LMN(UsesDINBackbone, CTRModel):
     def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
         backbone = self.backbone.score_candidates(user, batch)
-        target, weights = backbone["target"], backbone["weights"]
-        count = target.shape[0]
-        owners = torch.zeros(count, dtype=torch.long, device=target.device)
-        target_read = self.read_memory(batch["target_item"], owners, target, user["users"])
-        reads = user["history_reads"]
+        target = backbone["target"]
+        owners = torch.zeros(target.shape[0], dtype=torch.long, device=target.device)
+        target_reads = self.read_memory(batch["target_item"], owners, target, user["users"])
+        return self.score_from_reads(backbone, user["history_reads"], user["read_positions"], target_reads)
+
+    def request_reads(self, user_batch: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every memory read of one request (the user's history reads and the C targets' reads) in one
+        memory call, so a sharded memory costs one round trip per shard. Independent of the backbone's
+        attention: serving runs it beside that computation (``longrec.serving.ranker.ModelScorer``)."""
+        history = self.backbone.embed_history(user_batch)
+        users = self.user(user_batch)
+        positions, read_valid = self.read_positions(user_batch["history_mask"])
+        rows, cols = read_valid.nonzero(as_tuple=True)
+        read_items = user_batch["history_items"].gather(1, positions)[rows, cols]
+        read_vectors = history[rows, positions[rows, cols]]
+        targets = batch["target_item"]
+        owners = torch.zeros(len(rows) + len(targets), dtype=torch.long, device=targets.device)
+        reads = self.read_memory(
+            torch.cat([read_items, targets]),
+            owners,
+            torch.cat([read_vectors, self.item_embedding(targets)]),
+            users,
+        )
+        return {
+            "history_reads": reads[: len(rows)],
+            "read_positions": positions[rows, cols],
+            "target_reads": reads[len(rows) :],
+        }
+
+    def score_from_reads(
+        self, backbone: dict[str, Tensor], history_reads: Tensor, read_positions: Tensor, target_reads: Tensor
+    ) -> Tensor:
+        """Logits [C] from the backbone's ``score_candidates`` outputs and the request's memory reads."""
+        count = target_reads.shape[0]
         if self.config.memory_pool == "mean":
-            pooled = (reads / max(len(reads), 1)).sum(0, keepdim=True).expand(count, -1)
+            pooled = (history_reads / max(len(history_reads), 1)).sum(0, keepdim=True).expand(count, -1)
         else:
-            pooled = weights[:, user["read_positions"]] @ reads
-        return self.head(torch.cat([backbone["features"], target_read, pooled], -1)).squeeze(-1)
+            pooled = backbone["weights"][:, read_positions] @ history_reads
+        return self.head(torch.cat([backbone["features"], target_reads, pooled], -1)).squeeze(-1)
 
     def long_view_writes(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Items [N] and batch rows [N] of the memory writes from the long view. A window of at most

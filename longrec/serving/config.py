@@ -34,6 +34,9 @@ class ServingConfig:
     shard_retry_after_s: float = 1.0  # a failed shard is skipped this long before it is asked again
     # torch.compile the candidate-scoring path (LMN: its dense backbone part), compiled at warm-up.
     compile: bool = True
+    # The ranker's intra-op threads: 0 = one per CPU it may run on (one worker scoring one request at a
+    # time uses them all); set the pod's CPU limit on a cluster. Memory shards always use one.
+    torch_threads: int = 0
     # A/B rollout: the candidate version loaded beside the production model (no memory shards of its own),
     # and the rollout state folder whose experiment assigns users to arms and logs every request.
     candidate_tag: str | None = None
@@ -51,7 +54,7 @@ class ServingConfig:
 
     def with_environment(self) -> ServingConfig:
         """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S,
-        LONGREC_ROLLOUT_DIR."""
+        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_ROLLOUT_DIR."""
         values = asdict(self)
         if os.environ.get("LONGREC_FEATURE_REPO"):
             values["feature_repo"] = os.environ["LONGREC_FEATURE_REPO"]
@@ -61,6 +64,8 @@ class ServingConfig:
             values["shard_timeout_s"] = float(os.environ["LONGREC_SHARD_TIMEOUT_S"])
         if os.environ.get("LONGREC_SERVING_COMPILE"):  # "0": eager scoring (e.g. quick test servers)
             values["compile"] = os.environ["LONGREC_SERVING_COMPILE"].lower() not in ("0", "false", "no")
+        if os.environ.get("LONGREC_TORCH_THREADS"):
+            values["torch_threads"] = int(os.environ["LONGREC_TORCH_THREADS"])
         if os.environ.get("LONGREC_ROLLOUT_DIR"):  # a Bento on a cluster: the shared rollout state volume
             values["rollout_dir"] = os.environ["LONGREC_ROLLOUT_DIR"]
         return ServingConfig(**values)

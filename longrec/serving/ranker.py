@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class ModelScorer:
 
     compiled = False  # enable_compile(): scoring runs a torch.compile'd score_candidates
     compiled_score: Callable | None = None
+    _reads_pool: ThreadPoolExecutor | None = None  # LMN: the memory reads beside the attention
 
     def __init__(self, model_dir: str | Path, tag: str, manifest: dict[str, str] | None = None) -> None:
         from longrec.models.checkpoint import load_checkpoint
@@ -108,9 +110,37 @@ class ModelScorer:
     @torch.no_grad()
     def score(self, user_batch: dict, candidate_batch: dict) -> np.ndarray:
         """Logits [C] for the candidates (float64 for JSON)."""
+        if self.needs_memory and self.model.sharded_memory is not None:
+            return self._score_beside_reads(user_batch, candidate_batch).double().numpy()
         user = self.model.encode_user(user_batch)
         score_candidates = self.compiled_score or self.model.score_candidates
         return score_candidates(user, candidate_batch).double().numpy()
+
+    def _score_beside_reads(self, user_batch: dict, candidate_batch: dict) -> torch.Tensor:
+        """LMN: the request's memory reads (one round trip per shard service) run in a helper thread
+        while this thread computes the backbone's attention over C × L, which does not need them; the
+        head then joins both. The shard latency hides behind the attention instead of adding to it."""
+        model = self.model
+        if self._reads_pool is None:
+            self._reads_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memory-reads")
+        pending = self._reads_pool.submit(self._request_reads, user_batch, candidate_batch)
+        try:
+            backbone = model.backbone.score_candidates(model.backbone.encode_user(user_batch), candidate_batch)
+        finally:
+            reads, degraded = pending.result()  # never leave a read running past its request
+        if degraded:  # the memory's flag is per thread: carry the helper's over to the request's thread
+            model.sharded_memory.degraded = True
+        return model.score_from_reads(
+            backbone, reads["history_reads"], reads["read_positions"], reads["target_reads"]
+        )
+
+    def _request_reads(self, user_batch: dict, candidate_batch: dict) -> tuple[dict, bool]:
+        memory = self.model.sharded_memory
+        with torch.no_grad():  # grad mode is per thread
+            if hasattr(memory, "degraded"):
+                memory.degraded = False
+            reads = self.model.request_reads(user_batch, candidate_batch)
+        return reads, bool(getattr(memory, "degraded", False))
 
     def enable_compile(self) -> None:
         """``torch.compile`` the candidate-scoring path (dynamic shapes: any candidate count). LMN's memory

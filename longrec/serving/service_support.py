@@ -22,12 +22,17 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 candidates and a 10,000-event override 
 _METRICS: dict | None = None
 
 
-def quiet_threads() -> None:
-    """One intra-op thread and no OpenMP spinning: a serving worker shares its cores."""
+def quiet_threads(threads: int = 1) -> int:
+    """Set torch's intra-op threads (0: one per CPU this process may run on) with no OpenMP spinning, so
+    idle threads give their cores back to the shard services and the server's event loop. Returns the
+    count set."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    torch.set_num_threads(1)
+    if threads <= 0:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 def serving_metrics() -> dict:
