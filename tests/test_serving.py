@@ -369,7 +369,7 @@ def test_a_bento_served_by_dataset_logs_requests_to_the_rollout_folder(tmp_path:
 
 def test_ranker_threads_default_to_one_per_cpu_and_follow_the_environment(monkeypatch) -> None:
     from longrec.serving.config import ServingConfig
-    from longrec.serving.service_support import quiet_threads
+    from longrec.serving.service_support import quiet_threads, usable_cpus
 
     config = ServingConfig(model_tag="m:v", model_name="din")
     assert config.torch_threads == 0  # one per CPU: one worker scores one request at a time
@@ -377,7 +377,22 @@ def test_ranker_threads_default_to_one_per_cpu_and_follow_the_environment(monkey
     assert config.with_environment().torch_threads == 3
     before = torch.get_num_threads()
     try:
-        assert quiet_threads(0) == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+        assert quiet_threads(0) == usable_cpus() == torch.get_num_threads()
         assert quiet_threads(1) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_usable_cpus_honour_a_cgroup_cpu_limit(tmp_path: Path) -> None:
+    """A pod's CPU limit caps the default threads; the affinity alone would show every core of the node."""
+    from longrec.serving.service_support import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # half a CPU: still one thread
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text(f"{100000 * (affinity + 8)} 100000\n")  # a limit above the affinity
+    assert usable_cpus(cpu_max) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity  # cgroup v1 or none: the affinity

@@ -7,6 +7,7 @@ Prometheus metrics, and the ASGI guard that keeps non-JSON and oversized bodies 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,15 +23,26 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 candidates and a 10,000-event override 
 _METRICS: dict | None = None
 
 
+def usable_cpus(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU limit (a pod's `limits.cpu`,
+    which the affinity does not show: a 4-CPU pod on a 64-core node sees 64)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+
+
 def quiet_threads(threads: int = 1) -> int:
-    """Set torch's intra-op threads (0: one per CPU this process may run on) with no OpenMP spinning, so
-    idle threads give their cores back to the shard services and the server's event loop. Returns the
-    count set."""
+    """Set torch's intra-op threads (0: one per usable CPU) with no OpenMP spinning, so idle threads give
+    their cores back to the shard services and the server's event loop. Returns the count set."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    if threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = threads if threads > 0 else usable_cpus()
     torch.set_num_threads(threads)
     return threads
 
