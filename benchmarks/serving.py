@@ -2,7 +2,7 @@
 
 For each model (DIN, IMN, RecBLR, LMN with 1,048,576 slots in 2 shard services) and each history length
 L, a synthetic world is served by `bentoml serve` (one worker per service; the ranker's torch threads as the
-serving default, one per CPU, or --threads; shards one): histories in
+serving default, the faster of 1 and every CPU measured at start-up, or --threads; shards one): histories in
 a Feast SQLite online store, random weights (serving cost does not depend on the weights; parity to the
 offline forward is tested in tests/test_serving*.py). A bounded async httpx loop sends /rank requests with
 100 candidates: at concurrency 1 for p50/p99 latency, then at concurrency 4 for throughput. Beside it, the
@@ -59,6 +59,16 @@ def make_world(root: Path, length: int, users_with_history: int) -> tuple:
     store = create_feature_repo(root / f"repo-L{length}", events, items, users, length)
     materialize(store)
     return spec, root / f"repo-L{length}"
+
+
+def served_torch_threads(url: str) -> int | None:
+    """The served ranker's intra-op threads, from its ``longrec_ranker_torch_threads`` gauge."""
+    import httpx
+
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("longrec_ranker_torch_threads"):
+            return int(float(line.split()[-1]))
+    return None
 
 
 def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int) -> dict:
@@ -155,7 +165,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     from longrec.serving.package import prepare_serving
     from longrec.serving.process import ServeProcess
     from longrec.serving.ranker import ModelScorer, Ranker
-    from longrec.serving.service_support import quiet_threads
+    from longrec.serving.service_support import quiet_threads, usable_cpus
 
     torch.manual_seed(0)
     overrides = LMN_PAPER_SCALE if name == "lmn" else {}
@@ -176,9 +186,13 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         clients = [ShardValues(d, i).gather for i, d in enumerate(shard_dirs)]
         for each in (scorer, compiled):
             each.attach_memory(RemoteShardedMemory(load_memory_index(shard_dirs[0]), clients, timeout_s=30))
-    threads = quiet_threads(args.threads)  # in process as served: the same intra-op threads
+    quiet_threads(args.threads)
     compiled.enable_compile()
-    Ranker({"main": compiled}, None).warm_up()
+    ranker = Ranker({"main": compiled}, None)
+    ranker.warm_up()
+    if args.threads == 0:  # in process as served: the faster of 1 thread and every CPU, measured
+        ranker.choose_threads(usable_cpus())
+    threads = torch.get_num_threads()
     before = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
     rng = np.random.default_rng(1)
     bodies = [
@@ -193,6 +207,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     phases = {}
     with ServeProcess(registry, free_port(), config=config) as server:
         ready_s = time.perf_counter() - started
+        served_threads = served_torch_threads(server.url)
         for batched in modes:
             asyncio.run(load(server.url, bodies, 1, args.warmup, 60, batched))
             prefix = "batched_" if batched else "served_"
@@ -210,7 +225,8 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         "memory_slots": overrides.get("memory_slots"),
         "shards": len(config.shard_tags),
         "compile": config.compile,
-        "torch_threads": threads,
+        "torch_threads": threads,  # in process
+        "served_torch_threads": served_threads,  # the server's own choice (its /metrics)
         "concurrency": args.concurrency,
         "ready_s": round(ready_s, 1),
         **{k: round(v, 2) for k, v in bare.items()},
@@ -258,7 +274,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--threads",
         type=int,
         default=0,
-        help="the ranker's torch threads, served and in process (0: the serving default, one per CPU)",
+        help="the ranker's torch threads, served and in process (0: the serving default, chosen at start-up)",
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)

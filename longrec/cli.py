@@ -373,8 +373,8 @@ def serve(
     threads: int = typer.Option(
         None,
         min=0,
-        help="The ranker's torch intra-op threads (default 0: one per CPU it may run on; memory shards use "
-        "one). Same as LONGREC_TORCH_THREADS.",
+        help="The ranker's torch intra-op threads (default 0: measured at start-up, the faster of 1 and every "
+        "usable CPU; memory shards use one). Same as LONGREC_TORCH_THREADS.",
     ),
 ) -> None:
     """Serve a registered model (the production one of --dataset, or --tag) with its shard services."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from longrec.serving.config import DEFAULT_SHARDS, ServingConfig, load_serving_config
 from longrec.serving.schemas import RankRequest, RankResponse
-from longrec.serving.service_support import BodyGuard, quiet_threads, serving_metrics
+from longrec.serving.service_support import BodyGuard, quiet_threads, serving_metrics, set_ranker_threads
 
 logger = logging.getLogger("longrec.serving")
 
@@ -101,6 +101,7 @@ class Ranker:
                 candidate_dir=self.candidate_ref.path if CONFIG.candidate_tag else None,
             )
             self.ranker.warm_up()
+            set_ranker_threads(self.ranker, CONFIG)
         except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
             logger.error(self.error)

@@ -367,18 +367,28 @@ def test_a_bento_served_by_dataset_logs_requests_to_the_rollout_folder(tmp_path:
     assert bundled.with_environment().rollout_dir == str(tmp_path / "rollout")
 
 
-def test_ranker_threads_default_to_one_per_cpu_and_follow_the_environment(monkeypatch) -> None:
+def test_ranker_threads_are_measured_by_default_and_follow_the_environment(world, monkeypatch) -> None:
+    """Threads 0 (the default): the faster of 1 and every usable CPU on a synthetic full-length request is
+    kept; a count set in the config or LONGREC_TORCH_THREADS is used as given."""
     from longrec.serving.config import ServingConfig
-    from longrec.serving.service_support import quiet_threads, usable_cpus
+    from longrec.serving.service_support import quiet_threads, set_ranker_threads, usable_cpus
 
     config = ServingConfig(model_tag="m:v", model_name="din")
-    assert config.torch_threads == 0  # one per CPU: one worker scores one request at a time
+    assert config.torch_threads == 0
     monkeypatch.setenv("LONGREC_TORCH_THREADS", "3")
     assert config.with_environment().torch_threads == 3
+    ranker, _ = local_ranker(world, "din")
     before = torch.get_num_threads()
     try:
+        timings = ranker.choose_threads(2, candidates=20, repeats=3)
+        assert set(timings) == {1, 2} and all(seconds > 0 for seconds in timings.values())
+        assert torch.get_num_threads() == min(timings, key=timings.get)
+        assert set_ranker_threads(ranker, ServingConfig("m:v", "din", torch_threads=1), with_metrics=False) == 1
+        assert torch.get_num_threads() == 1
+        assert set_ranker_threads(ranker, ServingConfig("m:v", "din"), with_metrics=False) in {1, usable_cpus()}
         assert quiet_threads(0) == usable_cpus() == torch.get_num_threads()
-        assert quiet_threads(1) == 1 == torch.get_num_threads()
+        lmn, _ = local_ranker(world, "lmn")  # timed through its backbone: the shards are not up at start-up
+        assert set(lmn.choose_threads(2, candidates=5, repeats=1)) == {1, 2}
     finally:
         torch.set_num_threads(before)
 

@@ -104,6 +104,8 @@ def test_metrics_count_requests_latency_flags_and_shards(server) -> None:
         "bentoml_service_request_total",
     ):
         assert name in text, name
+    # The suite serves with LONGREC_TORCH_THREADS=1 (tests/conftest.py): the server reports what it uses.
+    assert "longrec_ranker_torch_threads 1.0" in text
 
 
 def test_schemathesis_finds_no_5xx(server) -> None:

@@ -34,8 +34,9 @@ class ServingConfig:
     shard_retry_after_s: float = 1.0  # a failed shard is skipped this long before it is asked again
     # torch.compile the candidate-scoring path (LMN: its dense backbone part), compiled at warm-up.
     compile: bool = True
-    # The ranker's intra-op threads: 0 = one per CPU it may run on (one worker scoring one request at a
-    # time uses them all); set the pod's CPU limit on a cluster. Memory shards always use one.
+    # The ranker's intra-op threads: 0 = chosen at start-up, the faster of 1 and every usable CPU on a
+    # synthetic full-length request (a second core pays for attention over C × L, not for RecBLR's head).
+    # Memory shards always use one.
     torch_threads: int = 0
     # A/B rollout: the candidate version loaded beside the production model (no memory shards of its own),
     # and the rollout state folder whose experiment assigns users to arms and logs every request.

@@ -202,29 +202,45 @@ class Ranker:
         compile. LMN's memory lives in the shard services, not up yet at this point: only its backbone
         (the compiled part) is warmed; its first request warms the reads."""
         for scorer in self.scorers.values():
-            length = scorer.spec.max_history_length
-            user = UserFeatures(np.ones(length, np.int64), np.arange(length, dtype=np.int64), {}, found=True)
-            user.side = {column: 0 for column in ("user_age", "user_gender", "user_occupation")}
             counts = (1, 3) if scorer.compiled else (1,)
             try:
                 for count in counts:
-                    candidates = np.arange(1, count + 1)
-                    batches = build_batches(
-                        scorer.spec, 1, user, candidates, np.zeros(count, np.int64), request_time=length
-                    )
-                    if scorer.needs_memory:
-                        if not scorer.compiled:
-                            break
-                        with torch.no_grad():
-                            backbone = scorer.model.backbone
-                            backbone.score_candidates(backbone.encode_user(batches[0]), batches[1])
-                    else:
-                        scorer.score(*batches)
+                    if scorer.needs_memory and not scorer.compiled:
+                        break
+                    _score_synthetic(scorer, _synthetic_batches(scorer, count))
             except Exception as error:  # a compile that cannot run here (no C++ compiler, ...): eager
                 if not scorer.compiled:
                     raise
                 logger.warning("torch.compile failed for %s, serving eager: %s", scorer.tag, error)
                 scorer.disable_compile()
+
+    def choose_threads(self, most: int, candidates: int = 100, repeats: int = 7) -> dict[int, float]:
+        """Set torch's intra-op threads to whichever of 1 and ``most`` scores a synthetic full-length
+        request of ``candidates`` faster (median of ``repeats``; the production model, after warm_up).
+        Measured, not assumed: the attention over C × L gains from a second core, while a model whose
+        per-request work is a few small ops (RecBLR's head) loses more to waking threads than it gains.
+        Returns {threads: median seconds}."""
+        scorer = self.scorers[MAIN_ARM]
+        batches = _synthetic_batches(scorer, max(1, min(candidates, scorer.spec.n_items - 1)))
+        timings: dict[int, float] = {}
+        for threads in sorted({1, max(1, most)}):
+            torch.set_num_threads(threads)
+            for _ in range(2):
+                _score_synthetic(scorer, batches)
+            samples = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                _score_synthetic(scorer, batches)
+                samples.append(time.perf_counter() - started)
+            timings[threads] = float(np.median(samples))
+        best = min(timings, key=timings.get)
+        torch.set_num_threads(best)
+        logger.info(
+            "torch threads: %d (synthetic request ms by threads: %s)",
+            best,
+            {k: round(v * 1000, 2) for k, v in timings.items()},
+        )
+        return timings
 
     def arm_for(self, user_id: int):
         """(arm, scorer key, assignment) for ``user_id``. Without a rollout: ("main", "main", None). With one,
@@ -327,3 +343,23 @@ class Ranker:
             )
         self.metrics.observe_request(arm, seconds)
         return response
+
+
+def _synthetic_batches(scorer: ModelScorer, count: int) -> tuple[dict, dict]:
+    """A full-length history and ``count`` candidates, built as a real request's features are."""
+    length = scorer.spec.max_history_length
+    user = UserFeatures(np.ones(length, np.int64), np.arange(length, dtype=np.int64), {}, found=True)
+    user.side = {column: 0 for column in ("user_age", "user_gender", "user_occupation")}
+    candidates = np.arange(1, count + 1)
+    return build_batches(scorer.spec, 1, user, candidates, np.zeros(count, np.int64), request_time=length)
+
+
+@torch.no_grad()
+def _score_synthetic(scorer: ModelScorer, batches: tuple[dict, dict]) -> None:
+    """Score a synthetic request; LMN only through its backbone (the part computed here, and compiled),
+    since its memory reads need the shard services."""
+    if scorer.needs_memory:
+        backbone = scorer.model.backbone
+        backbone.score_candidates(backbone.encode_user(batches[0]), batches[1])
+    else:
+        scorer.score(*batches)

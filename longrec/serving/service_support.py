@@ -14,7 +14,15 @@ from pathlib import Path
 
 from longrec.serving.config import ServingConfig
 
-__all__ = ["BodyGuard", "MAX_BODY_BYTES", "build_ranker", "quiet_threads", "serving_metrics"]
+__all__ = [
+    "BodyGuard",
+    "MAX_BODY_BYTES",
+    "build_ranker",
+    "quiet_threads",
+    "serving_metrics",
+    "set_ranker_threads",
+    "usable_cpus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +59,7 @@ def serving_metrics() -> dict:
     """The ranker's Prometheus metrics, created once per process (after BentoML set the multiprocess dir)."""
     global _METRICS
     if _METRICS is None:
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
         _METRICS = {
@@ -68,8 +76,28 @@ def serving_metrics() -> dict:
                 buckets=buckets,
             ),
             "shard_failures": Counter("longrec_memory_shard_failures", "Failed shard gathers.", ["shard"]),
+            # multiprocess_mode: BentoML collects metrics across processes; one ranker worker sets it.
+            "threads": Gauge(
+                "longrec_ranker_torch_threads", "The ranker's intra-op threads.", multiprocess_mode="max"
+            ),
         }
     return _METRICS
+
+
+def set_ranker_threads(ranker, config: ServingConfig, with_metrics: bool = True) -> int:
+    """The ranker's intra-op threads after warm-up: the config's count, or with 0 (the default) the faster
+    of 1 and every usable CPU on a synthetic full-length request (``Ranker.choose_threads``). Exported as
+    ``longrec_ranker_torch_threads``."""
+    import torch
+
+    if config.torch_threads > 0:
+        threads = quiet_threads(config.torch_threads)
+    else:
+        ranker.choose_threads(usable_cpus())
+        threads = torch.get_num_threads()
+    if with_metrics:
+        serving_metrics()["threads"].set(threads)
+    return threads
 
 
 def build_ranker(
