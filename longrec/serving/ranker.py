@@ -216,23 +216,22 @@ class Ranker:
 
     def choose_threads(self, most: int, candidates: int = 100, repeats: int = 7) -> dict[int, float]:
         """Set torch's intra-op threads to whichever of 1 and ``most`` scores a synthetic full-length
-        request of ``candidates`` faster (median of ``repeats``; the production model, after warm_up).
-        Measured, not assumed: the attention over C × L gains from a second core, while a model whose
-        per-request work is a few small ops (RecBLR's head) loses more to waking threads than it gains.
-        Returns {threads: median seconds}."""
+        request of ``candidates`` faster (the production model, after warm_up). Measured, not assumed:
+        the attention over C × L gains from a second core, while a model whose per-request work is a few
+        small ops (RecBLR's head) loses more to waking threads than it gains. The two settings alternate
+        and each keeps its fastest of ``repeats`` runs, so a burst of other work at start-up (shard
+        services loading, say) slows both alike instead of deciding the choice. Returns {threads: s}."""
         scorer = self.scorers[MAIN_ARM]
         batches = _synthetic_batches(scorer, max(1, min(candidates, scorer.spec.n_items - 1)))
-        timings: dict[int, float] = {}
-        for threads in sorted({1, max(1, most)}):
-            torch.set_num_threads(threads)
-            for _ in range(2):
-                _score_synthetic(scorer, batches)
-            samples = []
-            for _ in range(repeats):
+        settings = sorted({1, max(1, most)})
+        timings = {threads: float("inf") for threads in settings}
+        for round_ in range(repeats + 1):
+            for threads in settings:
+                torch.set_num_threads(threads)
                 started = time.perf_counter()
                 _score_synthetic(scorer, batches)
-                samples.append(time.perf_counter() - started)
-            timings[threads] = float(np.median(samples))
+                if round_:  # the first round only wakes each setting's threads
+                    timings[threads] = min(timings[threads], time.perf_counter() - started)
         best = min(timings, key=timings.get)
         torch.set_num_threads(best)
         logger.info(
