@@ -121,6 +121,7 @@ async def load(
     latencies: list[float] = []
     errors = 0
     flags = 0
+    flag_kinds: dict[str, int] = {}  # which flag, so a flagged response can be traced
     deadline = time.perf_counter() + max_seconds
     counter = iter(range(max_requests))
 
@@ -143,6 +144,8 @@ async def load(
                 errors += 1
             elif any(answer[f] for f in ("degraded_memory", "feature_fallback")):
                 flags += 1
+                for name in ("degraded_memory", "feature_fallback"):
+                    flag_kinds[name] = flag_kinds.get(name, 0) + int(answer[name])
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
@@ -152,6 +155,7 @@ async def load(
         "requests": len(latencies),
         "errors": errors,
         "flagged": flags,
+        "flag_kinds": flag_kinds,
         "p50_ms": 1000 * percentile(latencies, 50),
         "p99_ms": 1000 * percentile(latencies, 99),
         "throughput_rps": len(latencies) / wall,
@@ -239,6 +243,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
         row[f"{prefix}throughput_rps_cN"] = round(throughput["throughput_rps"], 1)
         row[f"{prefix}p50_ms_cN"] = round(throughput["p50_ms"], 1)
         row[f"{prefix}p99_ms_cN"] = round(throughput["p99_ms"], 1)
+        row[f"{prefix}flag_kinds_cN"] = throughput["flag_kinds"]
         row["errors"] += latency["errors"] + throughput["errors"]
         row["flagged"] += latency["flagged"] + throughput["flagged"]
         # overhead: served p50 over the bare in-process path the service runs (compiled or eager split)
