@@ -169,7 +169,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     from longrec.serving.package import prepare_serving
     from longrec.serving.process import ServeProcess
     from longrec.serving.ranker import ModelScorer, Ranker
-    from longrec.serving.service_support import quiet_threads, usable_cpus
+    from longrec.serving.service_support import quiet_threads, set_ranker_threads
 
     torch.manual_seed(0)
     overrides = LMN_PAPER_SCALE if name == "lmn" else {}
@@ -194,9 +194,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     compiled.enable_compile()
     ranker = Ranker({"main": compiled}, None)
     ranker.warm_up()
-    if args.threads == 0:  # in process as served: the faster of 1 thread and every CPU, measured
-        ranker.choose_threads(usable_cpus())
-    threads = torch.get_num_threads()
+    threads = set_ranker_threads(ranker, config, with_metrics=False)  # in process as the service sets them
     before = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
     rng = np.random.default_rng(1)
     bodies = [

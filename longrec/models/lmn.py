@@ -276,24 +276,23 @@ class LMN(UsesDINBackbone, CTRModel):
     # -- serving: history reads, attention's user half and g(user) once; then every candidate ---------
     def encode_user(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """What scoring needs from one user (a batch of one row): history, g(user) and the history reads."""
-        mask = batch["history_mask"]
         encoded = self.backbone.encode_user(batch)
         history = encoded["history"]
         users = self.user(batch)
-        positions, read_valid = self.read_positions(mask)
-        rows, cols = read_valid.nonzero(as_tuple=True)
-        if len(rows):
-            read_items = batch["history_items"].gather(1, positions)[rows, cols]
-            read_vectors = history[rows, positions[rows, cols]]
-            history_reads = self.read_memory(read_items, rows, read_vectors, users)
+        read_items, read_vectors, read_positions = self._history_read_inputs(batch, history)
+        if len(read_items):
+            owners = torch.zeros_like(read_items)  # one user: every read belongs to row 0
+            history_reads = self.read_memory(read_items, owners, read_vectors, users)
         else:  # no history: nothing to read (the pool is then zero, as in forward)
             history_reads = history.new_zeros(0, self.config.memory_value_dim)
-        return {
-            **encoded,
-            "users": users,
-            "read_positions": positions[rows, cols],
-            "history_reads": history_reads,
-        }
+        return {**encoded, "users": users, "read_positions": read_positions, "history_reads": history_reads}
+
+    def _history_read_inputs(self, batch: dict[str, Tensor], history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One user's history reads: item ids [n], their embeddings [n, d] and their positions [n]."""
+        positions, read_valid = self.read_positions(batch["history_mask"])
+        rows, cols = read_valid.nonzero(as_tuple=True)
+        read_positions = positions[rows, cols]
+        return batch["history_items"][rows, read_positions], history[rows, read_positions], read_positions
 
     def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
@@ -308,24 +307,17 @@ class LMN(UsesDINBackbone, CTRModel):
         memory call, so a sharded memory costs one round trip per shard. Independent of the backbone's
         attention: serving runs it beside that computation (``longrec.serving.ranker.ModelScorer``)."""
         history = self.backbone.embed_history(user_batch)
-        users = self.user(user_batch)
-        positions, read_valid = self.read_positions(user_batch["history_mask"])
-        rows, cols = read_valid.nonzero(as_tuple=True)
-        read_items = user_batch["history_items"].gather(1, positions)[rows, cols]
-        read_vectors = history[rows, positions[rows, cols]]
+        read_items, read_vectors, read_positions = self._history_read_inputs(user_batch, history)
         targets = batch["target_item"]
-        owners = torch.zeros(len(rows) + len(targets), dtype=torch.long, device=targets.device)
+        items = torch.cat([read_items, targets])
         reads = self.read_memory(
-            torch.cat([read_items, targets]),
-            owners,
+            items,
+            torch.zeros_like(items),
             torch.cat([read_vectors, self.item_embedding(targets)]),
-            users,
+            self.user(user_batch),
         )
-        return {
-            "history_reads": reads[: len(rows)],
-            "read_positions": positions[rows, cols],
-            "target_reads": reads[len(rows) :],
-        }
+        n = len(read_items)
+        return {"history_reads": reads[:n], "read_positions": read_positions, "target_reads": reads[n:]}
 
     def score_from_reads(
         self, backbone: dict[str, Tensor], history_reads: Tensor, read_positions: Tensor, target_reads: Tensor
