@@ -260,7 +260,7 @@ def test_lmn_reads_memory_once_per_shard_beside_the_attention(world) -> None:
         del scorer.model.backbone.score_candidates
     assert sorted(shard for shard, _, _ in calls) == [0, 1]
     assert elapsed < 0.55, f"the two shards' 0.3 s answers took {elapsed:.2f} s: calls in series"
-    (begin, end), = backbone_spans
+    ((begin, end),) = backbone_spans
     assert all(begin < call_end for _, _, call_end in calls), "the attention waited for the memory reads"
     assert not response.degraded_memory
     served = {item.item_id: item.logit for item in response.items}
@@ -383,9 +383,14 @@ def test_ranker_threads_are_measured_by_default_and_follow_the_environment(world
         timings = ranker.choose_threads(2, candidates=20, repeats=3)
         assert set(timings) == {1, 2} and all(seconds > 0 for seconds in timings.values())
         assert torch.get_num_threads() == min(timings, key=timings.get)
-        assert set_ranker_threads(ranker, ServingConfig("m:v", "din", torch_threads=1), with_metrics=False) == 1
+        assert (
+            set_ranker_threads(ranker, ServingConfig("m:v", "din", torch_threads=1), with_metrics=False) == 1
+        )
         assert torch.get_num_threads() == 1
-        assert set_ranker_threads(ranker, ServingConfig("m:v", "din"), with_metrics=False) in {1, usable_cpus()}
+        assert set_ranker_threads(ranker, ServingConfig("m:v", "din"), with_metrics=False) in {
+            1,
+            usable_cpus(),
+        }
         assert quiet_threads(0) == usable_cpus() == torch.get_num_threads()
         lmn, _ = local_ranker(world, "lmn")  # timed through its backbone: the shards are not up at start-up
         assert set(lmn.choose_threads(2, candidates=5, repeats=1)) == {1, 2}
@@ -406,3 +411,69 @@ def test_usable_cpus_honour_a_cgroup_cpu_limit(tmp_path: Path) -> None:
     cpu_max.write_text(f"{100000 * (affinity + 8)} 100000\n")  # a limit above the affinity
     assert usable_cpus(cpu_max) == affinity
     assert usable_cpus(tmp_path / "missing") == affinity  # cgroup v1 or none: the affinity
+
+
+@pytest.fixture(scope="module")
+def long_models(tmp_path_factory):
+    """One stored model of each type at L=40 (random weights), for histories much shorter than L."""
+    from longrec.serving.demo import write_model_dir
+
+    root = tmp_path_factory.mktemp("trim")
+    spec = demo_spec(max_history_length=40)
+    for name, overrides in MODELS.items():
+        torch.manual_seed(1)
+        write_model_dir(build_model(name, spec, overrides), root / name)
+    return root
+
+
+def _history(length: int) -> dict:
+    rng = np.random.default_rng(length)
+    return {
+        "items": rng.integers(1, 60, length).tolist(),
+        "timestamps": sorted(rng.integers(NOW - 10**6, NOW, length).tolist()),
+    }
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_trimmed_history_scores_equal_the_padded_length(long_models, name: str) -> None:
+    """Scoring each history cut to its valid events (the serving default) gives the scores of the full,
+    padded L for every model type: short, step-sized, just-over-a-step, full and over-long histories, and
+    an empty one. Compiled, short and long widths share the graph compiled at warm-up."""
+    from longrec.serving.ranker import ModelScorer, Ranker
+
+    def ranker(trim: bool, compiled: bool) -> Ranker:
+        scorer = ModelScorer(long_models / name, f"trim-{name}")
+        if compiled:
+            scorer.enable_compile()
+        built = Ranker({"main": scorer}, None, trim_history=trim)
+        built.warm_up()
+        return built
+
+    full, trimmed, compiled = ranker(False, False), ranker(True, False), ranker(True, True)
+    import torch._dynamo
+
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    candidates = [5, 17, 3, 42, 59, 8, 23]
+    for length in (0, 1, 3, 16, 17, 40, 55):
+        history = _history(length) if length else None
+        request = RankRequest(user_id=3, candidate_items=candidates, history=history, timestamp=NOW)
+        expected = [item.logit for item in full.rank(request).items]
+        assert [item.logit for item in trimmed.rank(request).items] == pytest.approx(expected, abs=1e-6)
+        response = compiled.rank(request)
+        assert [item.logit for item in response.items] == pytest.approx(expected, abs=1e-5)
+        assert response.history_length == min(length, 40)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "a history width recompiled"
+
+
+def test_trim_history_padding_keeps_the_valid_events() -> None:
+    from longrec.serving.features import trim_history_padding
+
+    mask = torch.zeros(1, 100, dtype=torch.bool)
+    mask[0, :20] = True
+    batch = {"history_items": mask.long() * 7, "history_mask": mask, "user_id": torch.tensor([3])}
+    trimmed = trim_history_padding(batch, step=16)
+    assert trimmed["history_items"].shape == (1, 32) and trimmed["history_mask"].sum() == 20
+    assert trimmed["user_id"] is batch["user_id"]
+    empty = torch.zeros(1, 100, dtype=torch.bool)
+    assert trim_history_padding({"history_mask": empty}, 16)["history_mask"].shape == (1, 16)
+    assert trim_history_padding({"history_mask": mask[:, :10]}, 16)["history_mask"].shape == (1, 10)

@@ -38,6 +38,9 @@ class ServingConfig:
     # synthetic full-length request (a second core pays for attention over C × L, not for RecBLR's head).
     # Memory shards always use one.
     torch_threads: int = 0
+    # Score each user's history cut to its valid events (rounded up to 16 positions) instead of the padded
+    # L: exact, and the attention's cost follows the user's real history length. False scores all L.
+    trim_history_padding: bool = True
     # A/B rollout: the candidate version loaded beside the production model (no memory shards of its own),
     # and the rollout state folder whose experiment assigns users to arms and logs every request.
     candidate_tag: str | None = None
@@ -55,7 +58,7 @@ class ServingConfig:
 
     def with_environment(self) -> ServingConfig:
         """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S,
-        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_ROLLOUT_DIR."""
+        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_TRIM_HISTORY, LONGREC_ROLLOUT_DIR."""
         values = asdict(self)
         if os.environ.get("LONGREC_FEATURE_REPO"):
             values["feature_repo"] = os.environ["LONGREC_FEATURE_REPO"]
@@ -67,6 +70,12 @@ class ServingConfig:
             values["compile"] = os.environ["LONGREC_SERVING_COMPILE"].lower() not in ("0", "false", "no")
         if os.environ.get("LONGREC_TORCH_THREADS"):
             values["torch_threads"] = int(os.environ["LONGREC_TORCH_THREADS"])
+        if os.environ.get("LONGREC_TRIM_HISTORY"):  # "0": score every user over the padded L
+            values["trim_history_padding"] = os.environ["LONGREC_TRIM_HISTORY"].lower() not in (
+                "0",
+                "false",
+                "no",
+            )
         if os.environ.get("LONGREC_ROLLOUT_DIR"):  # a Bento on a cluster: the shared rollout state volume
             values["rollout_dir"] = os.environ["LONGREC_ROLLOUT_DIR"]
         return ServingConfig(**values)

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from longrec.memory.sharded import sha256_file
-from longrec.serving.features import OnlineFeatures, UserFeatures, build_batches, empty_user
+from longrec.serving.features import (
+    HISTORY_WIDTH_STEP,
+    OnlineFeatures,
+    UserFeatures,
+    build_batches,
+    empty_user,
+    trim_history_padding,
+)
 from longrec.serving.schemas import RankRequest, RankResponse, ScoredItem
 
 __all__ = [
@@ -125,7 +132,9 @@ class ModelScorer:
             self._reads_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memory-reads")
         pending = self._reads_pool.submit(self._request_reads, user_batch, candidate_batch)
         try:
-            backbone = model.backbone.score_candidates(model.backbone.encode_user(user_batch), candidate_batch)
+            backbone = model.backbone.score_candidates(
+                model.backbone.encode_user(user_batch), candidate_batch
+            )
         finally:
             reads, degraded = pending.result()  # never leave a read running past its request
         if degraded:  # the memory's flag is per thread: carry the helper's over to the request's thread
@@ -187,6 +196,7 @@ class Ranker:
         features: OnlineFeatures | None,
         metrics: RankerMetrics | None = None,
         hooks=None,
+        trim_history: bool = True,
     ) -> None:
         if not scorers:
             raise ValueError("a ranker needs at least one model")
@@ -194,20 +204,29 @@ class Ranker:
         self.features = features
         self.metrics = metrics or RankerMetrics()
         self.hooks = hooks  # longrec.rollout.hooks.RolloutHooks: assignment and request log, or None
+        self.trim_history = trim_history  # score histories cut to their valid events (trim_history_padding)
 
     def warm_up(self) -> None:
         """Score synthetic full-length requests per model without the feature store, so kernels (RecBLR's
         compiled scan) load and a ``torch.compile``d scoring path compiles before the service reports
         ready: one candidate and several (dynamic shapes specialise 1 apart), so no request pays a
-        compile. LMN's memory lives in the shard services, not up yet at this point: only its backbone
+        compile. With trimmed histories, also the shortest width, so a short history does not recompile
+        either. LMN's memory lives in the shard services, not up yet at this point: only its backbone
         (the compiled part) is warmed; its first request warms the reads."""
         for scorer in self.scorers.values():
             counts = (1, 3) if scorer.compiled else (1,)
+            lengths = [scorer.spec.max_history_length]
+            if scorer.compiled and self.trim_history and lengths[0] > HISTORY_WIDTH_STEP:
+                lengths.append(HISTORY_WIDTH_STEP)
             try:
                 for count in counts:
                     if scorer.needs_memory and not scorer.compiled:
                         break
-                    _score_synthetic(scorer, _synthetic_batches(scorer, count))
+                    for length in lengths:
+                        batches = _synthetic_batches(scorer, count, length)
+                        if self.trim_history:
+                            batches = (trim_history_padding(batches[0]), batches[1])
+                        _score_synthetic(scorer, batches)
             except Exception as error:  # a compile that cannot run here (no C++ compiler, ...): eager
                 if not scorer.compiled:
                     raise
@@ -298,6 +317,8 @@ class Ranker:
         # History items the model has never seen (newer than the model) read as padding's zero row.
         history = user_batch["history_items"]
         history[history >= scorer.spec.n_items] = 0
+        if self.trim_history:
+            user_batch = trim_history_padding(user_batch)
         memory = getattr(scorer.model, "sharded_memory", None)
         if memory is not None and hasattr(memory, "degraded"):
             memory.degraded = False
@@ -344,10 +365,12 @@ class Ranker:
         return response
 
 
-def _synthetic_batches(scorer: ModelScorer, count: int) -> tuple[dict, dict]:
-    """A full-length history and ``count`` candidates, built as a real request's features are."""
+def _synthetic_batches(scorer: ModelScorer, count: int, events: int | None = None) -> tuple[dict, dict]:
+    """A history of ``events`` (default: a full L) and ``count`` candidates, built as a real request's
+    features are."""
     length = scorer.spec.max_history_length
-    user = UserFeatures(np.ones(length, np.int64), np.arange(length, dtype=np.int64), {}, found=True)
+    events = length if events is None else min(events, length)
+    user = UserFeatures(np.ones(events, np.int64), np.arange(events, dtype=np.int64), {}, found=True)
     user.side = {column: 0 for column in ("user_age", "user_gender", "user_occupation")}
     candidates = np.arange(1, count + 1)
     return build_batches(scorer.spec, 1, user, candidates, np.zeros(count, np.int64), request_time=length)

@@ -174,7 +174,7 @@ def build_ranker(
     if config.compile:  # compiled at warm_up(), before the service reports ready
         for each in scorers.values():
             each.enable_compile()
-    return Ranker(scorers, features, metrics, hooks)
+    return Ranker(scorers, features, metrics, hooks, trim_history=config.trim_history_padding)
 
 
 class BodyGuard:
