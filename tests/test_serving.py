@@ -438,13 +438,20 @@ def _history(length: int) -> dict:
 def test_trimmed_history_scores_equal_the_padded_length(long_models, name: str) -> None:
     """Scoring each history cut to its valid events (the serving default) gives the scores of the full,
     padded L for every model type: short, step-sized, just-over-a-step, full and over-long histories, and
-    an empty one. Compiled, short and long widths share the graph compiled at warm-up."""
+    an empty one. Compiled, short and long widths share the graph compiled at warm-up. Trimmed LMN reads
+    its memory as served (shard clients, beside the attention); padded, its own table."""
     from longrec.serving.ranker import ModelScorer, Ranker
 
     def ranker(trim: bool, compiled: bool) -> Ranker:
         scorer = ModelScorer(long_models / name, f"trim-{name}")
         if compiled:
             scorer.enable_compile()
+        if scorer.needs_memory and trim:  # as served: shard clients, reads beside the attention
+            from longrec.serving.memory import RemoteShardedMemory, load_memory_index
+
+            memory_dir = long_models / name / "memory"
+            clients = [ShardValues(memory_dir, i).gather for i in range(4)]
+            scorer.attach_memory(RemoteShardedMemory(load_memory_index(memory_dir), clients))
         built = Ranker({"main": scorer}, None, trim_history=trim)
         built.warm_up()
         return built
