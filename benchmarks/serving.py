@@ -50,15 +50,30 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def make_world(root: Path, length: int, users_with_history: int) -> tuple:
+def make_world(root: Path, length: int, users_with_history: int, lengths_from: str | None = None) -> tuple:
+    """(spec, Feast repo, {user: history length}). Every user has a full history of L events, or with
+    ``lengths_from`` each of N_USERS - 2 users has a real user's history length from that dataset (all
+    their events, at most L, drawn with a fixed seed): real traffic, where the ranker trims the padding."""
     from longrec.features.store import create_feature_repo, materialize
     from longrec.serving.demo import demo_frames, demo_spec
 
     spec = demo_spec(n_users=N_USERS, n_items=N_ITEMS, max_history_length=length)
+    if lengths_from:
+        users_with_history = N_USERS - 2
     events, items, users = demo_frames(spec, events_per_user=length, users_with_history=users_with_history)
-    store = create_feature_repo(root / f"repo-L{length}", events, items, users, length)
+    lengths = {user: length for user in range(1, users_with_history + 1)}
+    if lengths_from:
+        from longrec.data.datasets import load_dataset
+
+        counts = load_dataset(lengths_from).events.groupby("user_id").size().to_numpy()
+        drawn = np.minimum(np.random.default_rng(0).choice(counts, users_with_history), length)
+        lengths = {user: int(n) for user, n in zip(range(1, users_with_history + 1), drawn, strict=True)}
+        newest_first = events.groupby("user_id").cumcount(ascending=False)
+        events = events[newest_first < events["user_id"].map(lengths)].reset_index(drop=True)
+    name = f"repo-L{length}" + (f"-{lengths_from}" if lengths_from else "")
+    store = create_feature_repo(root / name, events, items, users, length)
     materialize(store)
-    return spec, root / f"repo-L{length}"
+    return spec, root / name, lengths
 
 
 def served_torch_threads(url: str) -> int | None:
@@ -74,7 +89,7 @@ def served_torch_threads(url: str) -> int | None:
 def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int) -> dict:
     """Eager forward of 100 rows, the eager split path and the compiled split path (what the service
     runs by default), same features, the ranker's threads."""
-    from longrec.serving.features import OnlineFeatures, build_batches
+    from longrec.serving.features import OnlineFeatures, build_batches, trim_history_padding
 
     features = OnlineFeatures(repo, spec.n_items)
     rng = np.random.default_rng(0)
@@ -83,6 +98,7 @@ def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int)
     user_batch, candidate_batch = build_batches(spec, user_id, user, candidates, features.genres(candidates))
     full = {key: value.expand(N_CANDIDATES, *value.shape[1:]) for key, value in user_batch.items()}
     full.update(candidate_batch)
+    user_batch = trim_history_padding(user_batch)  # the split paths score what the service scores
     model = scorer.model
     times = {"forward": [], "split": [], "compiled_split": []}
     with torch.no_grad():
@@ -162,7 +178,7 @@ async def load(
     }
 
 
-def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> dict:
+def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, lengths: dict[int, int]) -> dict:
     from longrec.models.registry import build_model
     from longrec.serving.demo import store_model_dir, write_model_dir
     from longrec.serving.memory import ShardValues
@@ -195,14 +211,18 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
     ranker = Ranker({"main": compiled}, None)
     ranker.warm_up()
     threads = set_ranker_threads(ranker, config, with_metrics=False)  # in process as the service sets them
-    before = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
+    # Real lengths: the bare figures are those of the user with the median history (the served p50's).
+    median = float(np.median(list(lengths.values())))
+    bare_user = min(lengths, key=lambda user: (abs(lengths[user] - median), user))
+    before = bare_timings(scorer, compiled, spec, bare_user, repo, args.bare_repeats)
     rng = np.random.default_rng(1)
+    users = list(lengths) if args.history_lengths_from else [1 + i % args.users for i in range(64)]
     bodies = [
         {
-            "user_id": int(1 + i % args.users),
+            "user_id": int(user),
             "candidate_items": rng.choice(np.arange(1, spec.n_items), N_CANDIDATES, replace=False).tolist(),
         }
-        for i in range(64)
+        for user in users
     ]
     started = time.perf_counter()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
@@ -218,11 +238,13 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args) -> d
                 asyncio.run(load(server.url, bodies, args.concurrency, args.requests, args.seconds, batched)),
             )
     # The machine is shared: the bare figures are taken before and after serving, the lower one kept.
-    after = bare_timings(scorer, compiled, spec, 1, repo, args.bare_repeats)
+    after = bare_timings(scorer, compiled, spec, bare_user, repo, args.bare_repeats)
     bare = {key: min(before[key], after[key]) for key in before}
     row = {
         "model": name,
         "L": length,
+        "history_lengths_from": args.history_lengths_from,  # None: every history is L events
+        "median_history_length": median,
         "candidates": N_CANDIDATES,
         "memory_slots": overrides.get("memory_slots"),
         "shards": len(config.shard_tags),
@@ -279,6 +301,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=0,
         help="the ranker's torch threads, served and in process (0: the serving default, chosen at start-up)",
     )
+    parser.add_argument(
+        "--history-lengths-from",
+        metavar="DATASET",
+        help="give the users real history lengths from this dataset (e.g. ml-100k) instead of full L; "
+        "requests then cycle over 198 users and the bare figures are the median user's",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -287,9 +315,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
         for length in args.lengths:
-            spec, repo = make_world(root, length, args.users)
+            spec, repo, lengths = make_world(root, length, args.users, args.history_lengths_from)
             for name in args.models:
-                row = run_one(name, length, spec, repo, root / "registry", args)
+                row = run_one(name, length, spec, repo, root / "registry", args, lengths)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     header = ("| model | L | bare forward p50 | split p50 | compiled split p50 | endpoint | served p50 | "

@@ -480,7 +480,37 @@ def test_trim_history_padding_keeps_the_valid_events() -> None:
     batch = {"history_items": mask.long() * 7, "history_mask": mask, "user_id": torch.tensor([3])}
     trimmed = trim_history_padding(batch, step=16)
     assert trimmed["history_items"].shape == (1, 32) and trimmed["history_mask"].sum() == 20
+    assert trimmed["history_mask"].stride() == (32, 1)  # as an untrimmed batch's: one compiled graph
     assert trimmed["user_id"] is batch["user_id"]
     empty = torch.zeros(1, 100, dtype=torch.bool)
     assert trim_history_padding({"history_mask": empty}, 16)["history_mask"].shape == (1, 16)
     assert trim_history_padding({"history_mask": mask[:, :10]}, 16)["history_mask"].shape == (1, 10)
+
+
+def test_no_request_compiles_after_the_thread_count_is_set(long_models) -> None:
+    """Compiled graphs are specialised to the thread count. The service warms up under torch's default
+    (every core of the node), then sets its own count: it warms again, so requests of one or many
+    candidates, short or full histories, run without a compile."""
+    import torch._dynamo
+
+    from longrec.serving.config import ServingConfig
+    from longrec.serving.ranker import ModelScorer, Ranker
+    from longrec.serving.service_support import set_ranker_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        scorer = ModelScorer(long_models / "din", "threads-din")
+        scorer.enable_compile()
+        ranker = Ranker({"main": scorer}, None)
+        ranker.warm_up()
+        set_ranker_threads(ranker, ServingConfig("m:v", "din", torch_threads=1), with_metrics=False)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for candidates, length in (([5], 3), ([5, 17, 3], 40), (list(range(1, 30)), 17)):
+            request = RankRequest(
+                user_id=3, candidate_items=candidates, history=_history(length), timestamp=NOW
+            )
+            ranker.rank(request)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "a request compiled"
+    finally:
+        torch.set_num_threads(before)

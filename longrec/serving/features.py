@@ -169,6 +169,11 @@ def trim_history_padding(user_batch: dict[str, Tensor], step: int = HISTORY_WIDT
     width = min(length, max(step, -(-valid // step) * step))
     if width >= length:
         return user_batch
+    # Fresh [1, width] tensors: a view (or a plain clone of one) keeps stride L, and a compiled graph guards
+    # on strides, so it would compile and cache a second graph beside the full-width one.
     return {
-        key: value[:, :width] if key.startswith("history_") else value for key, value in user_batch.items()
+        key: value[:, :width].clone(memory_format=torch.contiguous_format)
+        if key.startswith("history_")
+        else value
+        for key, value in user_batch.items()
     }

@@ -86,8 +86,8 @@ def serving_metrics() -> dict:
 
 def set_ranker_threads(ranker, config: ServingConfig, with_metrics: bool = True) -> int:
     """The ranker's intra-op threads after warm-up: the config's count, or with 0 (the default) the faster
-    of 1 and every usable CPU on a synthetic full-length request (``Ranker.choose_threads``). Exported as
-    ``longrec_ranker_torch_threads``."""
+    of 1 and every usable CPU on a synthetic full-length request (``Ranker.choose_threads``); the ranker is
+    then warmed at that count. Exported as ``longrec_ranker_torch_threads``."""
     import torch
 
     if config.torch_threads > 0:
@@ -95,6 +95,9 @@ def set_ranker_threads(ranker, config: ServingConfig, with_metrics: bool = True)
     else:
         ranker.choose_threads(usable_cpus())
         threads = torch.get_num_threads()
+    # A compiled graph is specialised to the thread count it was compiled under, and warm_up ran under
+    # torch's default (every core of the node): warm again, so no request pays a compile at this count.
+    ranker.warm_up()
     if with_metrics:
         serving_metrics()["threads"].set(threads)
     return threads
