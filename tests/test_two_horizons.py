@@ -79,10 +79,13 @@ def test_feast_long_view_matches_the_event_reference(tmp_path):
     assert meta["sample_config"]["memory_history_length"] == 30
     for frame, log in ((feast_frame, feast_log), (reference, reference_log)):
         frame["_items"] = list(log.windows(frame["long_history_start"], frame["long_history_length"], 30)[0])
-    assert (feast_frame["long_history_length"].to_numpy() == reference["long_history_length"].to_numpy()).all()
+    assert (
+        feast_frame["long_history_length"].to_numpy() == reference["long_history_length"].to_numpy()
+    ).all()
     assert np.array_equal(stack_sequences(feast_frame["_items"]), stack_sequences(reference["_items"]))
     assert (
-        feast_frame["long_history_last_timestamp"].to_numpy() == reference["long_history_last_timestamp"].to_numpy()
+        feast_frame["long_history_last_timestamp"].to_numpy()
+        == reference["long_history_last_timestamp"].to_numpy()
     ).all()
 
 
@@ -150,7 +153,10 @@ def test_two_horizon_lmn_trains_and_inference_never_reads_the_long_view(two_hori
     for target in ("projection", "interest"):
         model = _lmn(spec, memory_target=target)
         result = train_model(
-            model, splits["train"], splits["valid"], TrainConfig(epochs=1, batch_size=256, lr=3e-3, device="cpu")
+            model,
+            splits["train"],
+            splits["valid"],
+            TrainConfig(epochs=1, batch_size=256, lr=3e-3, device="cpu"),
         )
         assert np.isfinite(result.history[0]["train_loss"]), target
         model.eval()
@@ -187,13 +193,17 @@ def test_validation_checks_long_windows_against_the_log(two_horizon_set, tmp_pat
     assert "every long-window event strictly before its target" in str(failure.value)
     # The report a person opens names the rule.
     page = (tmp_path / "leaky.html").read_text()
-    assert "long-window event strictly before its target" in page and "long view (L_long, training only)" in page
+    assert (
+        "long-window event strictly before its target" in page and "long view (L_long, training only)" in page
+    )
     # Windows pointing at another user's events (the log starts with user 1's).
     crossing = frame.copy()
     crossing["long_history_start"] = 0
     write_training_set(crossing, spec, tmp_path / "crossing", meta, log)
     with pytest.raises(TrainingSetValidationError, match="holds only the sample's user's events"):
-        validate_training_set_dir(tmp_path / "crossing", tmp_path / "crossing.html", tmp_path / "crossing.json")
+        validate_training_set_dir(
+            tmp_path / "crossing", tmp_path / "crossing.html", tmp_path / "crossing.json"
+        )
 
     # A training set that claims a long view but lost its log cannot pass.
     (tmp_path / "good" / "long_history_log.parquet").unlink()
@@ -212,7 +222,9 @@ def test_direct_build_writes_the_long_view(tmp_path):
     assert frame["long_history_length"].max() == 12
     assert isinstance(frame, pd.DataFrame)
     # Without a long view there is no log and no long columns.
-    build_training_set_from_events(tmp_path / "events", SampleConfig(max_history_length=3), tmp_path / "short")
+    build_training_set_from_events(
+        tmp_path / "events", SampleConfig(max_history_length=3), tmp_path / "short"
+    )
     short, _, _ = read_training_set(tmp_path / "short")
     assert read_long_history_log(tmp_path / "short") is None and "long_history_start" not in short.columns
 
@@ -225,3 +237,22 @@ def test_the_serving_feature_service_reads_no_event_log(tmp_path):
     training = {projection.name for projection in definitions.longrec_training.feature_view_projections}
     # Serving reads the latest snapshot of L events; the event log (any L_long) is for training only.
     assert SEQUENCE_VIEW in serving and EVENTS_VIEW not in serving and EVENTS_VIEW in training
+
+
+def test_the_long_log_goes_to_the_device_once_not_with_every_batch(two_horizon_set):
+    """Every batch carries the whole log; training and prediction move it to the model's device once
+    (``meta`` stands in for a GPU here) and every batch then carries that one copy."""
+    from longrec.train.trainer import CTRTask
+
+    dataset, _, frame, log = two_horizon_set
+    train = tensors_by_split(frame, dataset.feature_spec(SHORT), log)["train"]
+    assert train.with_shared_on("cpu") is train  # already there: nothing copied
+    placed = train.with_shared_on("meta")
+    assert placed.shared[LONG_LOG_KEY].device.type == "meta"
+    # Per-row tensors are not copied (they still move batch by batch).
+    assert all(placed.tensors[key] is value for key, value in train.tensors.items())
+    logs = {id(batch[LONG_LOG_KEY]) for batch in placed.batches(64)}
+    assert len(logs) == 1
+    task = CTRTask(train, None, TrainConfig(device="cpu"))
+    task.place_shared(torch.device("meta"))
+    assert next(task.batches(torch.Generator().manual_seed(0)))[LONG_LOG_KEY].device.type == "meta"

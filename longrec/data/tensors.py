@@ -85,6 +85,14 @@ class TensorSampleSet:
             {key: value.to(device) for key, value in self.shared.items()},
         )
 
+    def with_shared_on(self, device: torch.device | str) -> TensorSampleSet:
+        """The same rows, with the shared tensors moved to ``device`` once. Every batch carries them whole
+        (the long view's log is every training event), so moving them with each batch would copy the whole
+        log to the GPU once per step."""
+        if all(value.device == torch.device(device) for value in self.shared.values()):
+            return self
+        return TensorSampleSet(self.tensors, {key: value.to(device) for key, value in self.shared.items()})
+
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[dict[str, Tensor]]:

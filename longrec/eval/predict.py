@@ -33,7 +33,7 @@ def predict(model: CTRModel, samples: TensorSampleSet, batch_size: int = 4096) -
     try:
         outputs = [
             model(_to_device(batch, device)).float().cpu()
-            for batch in samples.batches(batch_size, shuffle=False)
+            for batch in samples.with_shared_on(device).batches(batch_size, shuffle=False)
         ]
     finally:
         model.train(was_training)

@@ -195,6 +195,8 @@ def fit(
     if settings.retain_freed_memory and device.type == "cpu":
         retain_freed_memory()
     model.to(device)
+    if hasattr(task, "place_shared"):  # optional: tensors every batch carries whole go to the device once
+        task.place_shared(device)
     optimizers = task.optimizers(model)
     forward = parallel.wrap(model) if parallel is not None else None
     generator = torch.Generator().manual_seed(settings.seed)

@@ -128,6 +128,10 @@ class CTRTask:
     def batches(self, generator: torch.Generator):
         return self.train.batches(self.config.batch_size, shuffle=True, generator=generator)
 
+    def place_shared(self, device: torch.device) -> None:
+        """Move the tensors every batch carries whole (the long view's log) to ``device`` once."""
+        self.train = self.train.with_shared_on(device)
+
     def loss(self, model: torch.nn.Module, forward: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
         return model.loss(batch, forward(batch))
 
