@@ -7,7 +7,8 @@ a Feast SQLite online store, random weights (serving cost does not depend on the
 offline forward is tested in tests/test_serving*.py). A bounded async httpx loop sends /rank requests with
 100 candidates: at concurrency 1 for p50/p99 latency, then at concurrency 4 for throughput. Beside it, the
 same request in process: the eager ``forward`` of 100 rows (what offline evaluation runs) and the split
-``encode_user`` + ``score_candidates`` the service runs (LMN reading in-memory shards). The overhead ratio
+``encode_user`` + ``score_candidates`` the service runs (LMN reading in-memory shards; DIN's and LMN's
+attention through the fused CPU kernel, as served, unless ``--fused-attention off``). The overhead ratio
 is served p50 / split p50: HTTP, Feast read, JSON and (LMN) the shard calls.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py --json benchmarks/results/serving.json
@@ -196,8 +197,12 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
     config.shard_timeout_s = 5.0  # measure, do not degrade
     config.compile = args.compile == "on"
     config.torch_threads = args.threads
+    config.fused_attention = args.fused_attention == "on"
     scorer = ModelScorer(model_dir, tag, config.model_files)
     compiled = ModelScorer(model_dir, tag, config.model_files)
+    fused = config.fused_attention and all(
+        [scorer.enable_fused_attention(), compiled.enable_fused_attention()]
+    )
     if scorer.needs_memory:
         from longrec.registry.store import ModelRegistry
         from longrec.serving.memory import RemoteShardedMemory, load_memory_index
@@ -249,6 +254,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "memory_slots": overrides.get("memory_slots"),
         "shards": len(config.shard_tags),
         "compile": config.compile,
+        "fused_attention": fused,  # DIN's attention (DIN, LMN) through longrec.kernels.din_attention
         "torch_threads": threads,  # in process
         "served_torch_threads": served_threads,  # the server's own choice (its /metrics)
         "concurrency": args.concurrency,
@@ -293,6 +299,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         choices=("off", "on", "both"),
         default="both",
         help="off: /rank; on: /rank_batch (adaptive batching); both: one after the other",
+    )
+    parser.add_argument(
+        "--fused-attention",
+        choices=("on", "off"),
+        default="on",
+        help="the served config's fused CPU attention kernel for DIN and LMN (the serving default is on)",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="clients of the throughput phase")
     parser.add_argument(

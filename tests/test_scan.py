@@ -156,10 +156,10 @@ def test_triton_scan_time_major_and_bfloat16():
 
 STALE_LOCK_PROBE = """
 import os, time
-from longrec.kernels import scan
+from longrec.kernels import cpu_build, scan
 lock = scan.cpu_kernel_build_dir() / "lock"
 lock.touch()
-old = time.time() - 2 * scan._STALE_BUILD_LOCK_SECONDS
+old = time.time() - 2 * cpu_build.STALE_BUILD_LOCK_SECONDS
 os.utime(lock, (old, old))
 assert scan.cpu_kernel_available(), scan._cpu_state
 assert not lock.exists()

@@ -438,13 +438,15 @@ def _history(length: int) -> dict:
 def test_trimmed_history_scores_equal_the_padded_length(long_models, name: str) -> None:
     """Scoring each history cut to its valid events (the serving default) gives the scores of the full,
     padded L for every model type: short, step-sized, just-over-a-step, full and over-long histories, and
-    an empty one. Compiled, short and long widths share the graph compiled at warm-up. Trimmed LMN reads
+    an empty one. Compiled (with the fused attention kernel where the model has DIN's attention), short
+    and long widths share the graph compiled at warm-up. Trimmed LMN reads
     its memory as served (shard clients, beside the attention); padded, its own table."""
     from longrec.serving.ranker import ModelScorer, Ranker
 
     def ranker(trim: bool, compiled: bool) -> Ranker:
         scorer = ModelScorer(long_models / name, f"trim-{name}")
-        if compiled:
+        if compiled:  # as served: the fused attention kernel (DIN, LMN) inside the compiled graph
+            scorer.enable_fused_attention()
             scorer.enable_compile()
         if scorer.needs_memory and trim:  # as served: shard clients, reads beside the attention
             from longrec.serving.memory import RemoteShardedMemory, load_memory_index

@@ -31,9 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ import torch
 from torch import Tensor
 
 from longrec.kernels import record_backend
+from longrec.kernels.cpu_build import build_cpu_extension, kernel_cache_root
 
 __all__ = [
     "BACKENDS",
@@ -181,15 +180,11 @@ class LinearScanTorch:
 _CPU_SOURCE = Path(__file__).with_name("scan_cpu.cpp")
 _cpu_lock = threading.Lock()
 _cpu_state: dict[str, Any] = {}  # "module" once built, or "error" once that failed
-# torch leaves a build's lock file behind when the building process dies, and every later build then
-# waits on it forever; a lock older than any real build (~20 s) is such a leftover.
-_STALE_BUILD_LOCK_SECONDS = 600
 
 
 def cpu_kernel_build_dir() -> Path:
     """Where the CPU kernel is built and cached: ``$LONGREC_KERNEL_CACHE`` or ~/.cache/longrec/kernels."""
-    root = os.environ.get("LONGREC_KERNEL_CACHE") or Path.home() / ".cache" / "longrec" / "kernels"
-    return Path(root) / f"scan_cpu-torch{torch.__version__}"
+    return kernel_cache_root() / f"scan_cpu-torch{torch.__version__}"
 
 
 def _load_cpu_kernel() -> Any | None:
@@ -201,28 +196,8 @@ def _load_cpu_kernel() -> Any | None:
             _cpu_state["error"] = "disabled by LONGREC_SCAN_CPU_KERNEL=0"
             return None
         try:
-            from torch.utils import cpp_extension
-
-            if shutil.which("ninja") is None:
-                # The ninja wheel's binary sits in the venv's bin/, which is not on PATH when the venv's
-                # python is run directly (make, kfp.local tasks).
-                import ninja
-
-                os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-            build_dir = cpu_kernel_build_dir()
-            build_dir.mkdir(parents=True, exist_ok=True)
-            lock = build_dir / "lock"
-            if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_BUILD_LOCK_SECONDS:
-                logger.warning("removing a stale build lock left by a killed build: %s", lock)
-                lock.unlink(missing_ok=True)
-            logger.info("loading the CPU scan kernel (built once per machine, ~20 s, into %s)", build_dir)
-            _cpu_state["module"] = cpp_extension.load(
-                name="longrec_scan_cpu",
-                sources=[str(_CPU_SOURCE)],
-                extra_cflags=["-O3", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build_dir),
-                verbose=False,
+            _cpu_state["module"] = build_cpu_extension(
+                "longrec_scan_cpu", _CPU_SOURCE, cpu_kernel_build_dir(), ["-O3", "-fopenmp"]
             )
         except Exception as error:  # no compiler, no ninja, no writable cache: the torch version still runs
             _cpu_state["error"] = f"{type(error).__name__}: {error}".strip()

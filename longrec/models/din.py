@@ -69,6 +69,9 @@ class ActivationUnit(nn.Module):
     same parameters, about half the FLOPs of the first layer.
     """
 
+    # Serving on CPU sets this (``enable_fused_cpu_scoring``): ``score_targets`` then runs the fused kernel.
+    fused_cpu_scoring: bool = False
+
     def __init__(self, dim: int, hidden: tuple[int, ...], activation: str) -> None:
         super().__init__()
         self.dim = dim
@@ -85,6 +88,14 @@ class ActivationUnit(nn.Module):
         hidden = self.input_activation(hidden, mask)
         return self.rest(hidden, mask).squeeze(-1)
 
+    def enable_fused_cpu_scoring(self) -> bool:
+        """Score candidates through the fused CPU kernel (``longrec.kernels.din_attention``) from now on;
+        False, and the torch path stays, where the kernel cannot be built. Eval mode only."""
+        from longrec.kernels.din_attention import din_kernel_available
+
+        self.fused_cpu_scoring = din_kernel_available()
+        return self.fused_cpu_scoring
+
     def history_term(self, history: Tensor) -> Tensor:
         """The target-independent part of the first layer, (W_e + W_diff)·e: [B, L, d] → [B, L, H]."""
         w_e, _, w_diff, _ = self.input_layer.weight.split(self.dim, dim=1)
@@ -98,6 +109,10 @@ class ActivationUnit(nn.Module):
         """
         _, w_v, w_diff, w_prod = self.input_layer.weight.split(self.dim, dim=1)
         target_term = F.linear(target, w_v - w_diff, self.input_layer.bias)  # [C, H]
+        if self.fused_cpu_scoring and history.device.type == "cpu" and history.dtype == torch.float32:
+            from longrec.kernels.din_attention import fused_scores
+
+            return fused_scores(self, history, history_term, target, target_term)
         hidden = F.linear(history * target.unsqueeze(1), w_prod) + history_term + target_term.unsqueeze(1)
         hidden = self.input_activation(hidden, mask)
         return self.rest(hidden, mask).squeeze(-1)

@@ -41,6 +41,10 @@ class ServingConfig:
     # Score each user's history cut to its valid events (rounded up to 16 positions) instead of the padded
     # L: exact, and the attention's cost follows the user's real history length. False scores all L.
     trim_history_padding: bool = True
+    # DIN's and LMN's attention over C × L through the fused CPU kernel (longrec.kernels.din_attention,
+    # built on first use): same scores to ~1e-6, 2-3x faster at long L. False, or a machine where it cannot
+    # be built: the torch path.
+    fused_attention: bool = True
     # A/B rollout: the candidate version loaded beside the production model (no memory shards of its own),
     # and the rollout state folder whose experiment assigns users to arms and logs every request.
     candidate_tag: str | None = None
@@ -58,7 +62,8 @@ class ServingConfig:
 
     def with_environment(self) -> ServingConfig:
         """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S,
-        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_TRIM_HISTORY, LONGREC_ROLLOUT_DIR."""
+        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_TRIM_HISTORY, LONGREC_FUSED_ATTENTION,
+        LONGREC_ROLLOUT_DIR."""
         values = asdict(self)
         if os.environ.get("LONGREC_FEATURE_REPO"):
             values["feature_repo"] = os.environ["LONGREC_FEATURE_REPO"]
@@ -72,6 +77,12 @@ class ServingConfig:
             values["torch_threads"] = int(os.environ["LONGREC_TORCH_THREADS"])
         if os.environ.get("LONGREC_TRIM_HISTORY"):  # "0": score every user over the padded L
             values["trim_history_padding"] = os.environ["LONGREC_TRIM_HISTORY"].lower() not in (
+                "0",
+                "false",
+                "no",
+            )
+        if os.environ.get("LONGREC_FUSED_ATTENTION"):  # "0": the torch attention path
+            values["fused_attention"] = os.environ["LONGREC_FUSED_ATTENTION"].lower() not in (
                 "0",
                 "false",
                 "no",

@@ -84,6 +84,7 @@ class ModelScorer:
 
     compiled = False  # enable_compile(): scoring runs a torch.compile'd score_candidates
     compiled_score: Callable | None = None
+    fused_attention = False  # enable_fused_attention(): the attention runs the fused CPU kernel
     _reads_pool: ThreadPoolExecutor | None = None  # LMN: the memory reads beside the attention
 
     def __init__(self, model_dir: str | Path, tag: str, manifest: dict[str, str] | None = None) -> None:
@@ -150,6 +151,15 @@ class ModelScorer:
                 memory.degraded = False
             reads = self.model.request_reads(user_batch, candidate_batch)
         return reads, bool(getattr(memory, "degraded", False))
+
+    def enable_fused_attention(self) -> bool:
+        """DIN's activation unit (DIN, LMN) scores candidates through the fused CPU kernel; False where the
+        model has none or the kernel cannot be built here (the torch path serves, with a warning)."""
+        from longrec.models.din import ActivationUnit
+
+        units = [module for module in self.model.modules() if isinstance(module, ActivationUnit)]
+        self.fused_attention = bool(units) and all(unit.enable_fused_cpu_scoring() for unit in units)
+        return self.fused_attention
 
     def enable_compile(self) -> None:
         """``torch.compile`` the candidate-scoring path (dynamic shapes: any candidate count). LMN's memory

@@ -80,6 +80,12 @@ def serving_metrics() -> dict:
             "threads": Gauge(
                 "longrec_ranker_torch_threads", "The ranker's intra-op threads.", multiprocess_mode="max"
             ),
+            "fused_attention": Gauge(
+                "longrec_ranker_fused_attention",
+                "1 when the arm's attention runs the fused CPU kernel (longrec.kernels.din_attention).",
+                ["arm"],
+                multiprocess_mode="max",
+            ),
         }
     return _METRICS
 
@@ -174,6 +180,11 @@ def build_ranker(
         from longrec.rollout.hooks import RolloutHooks
 
         hooks = RolloutHooks(config.dataset, state_dir=config.rollout_dir)
+    if config.fused_attention:  # before compiling: the compiled graphs call the kernel
+        for arm, each in scorers.items():
+            each.enable_fused_attention()
+            if with_metrics:
+                serving_metrics()["fused_attention"].labels(arm=arm).set(int(each.fused_attention))
     if config.compile:  # compiled at warm_up(), before the service reports ready
         for each in scorers.values():
             each.enable_compile()
