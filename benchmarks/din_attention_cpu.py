@@ -87,12 +87,13 @@ def measure(length: int, rounds: int, repeats: int) -> dict:
 
         return call
 
+    def torch_attention_call():
+        unit.fused_cpu_scoring = False  # the flag is the compiled graphs' guard: the model calls set it
+        torch_attention(history, history_term, target, mask)
+
     variants = {}
     for threads in (1, 2):
-        variants[f"attention_torch_compiled_t{threads}"] = (
-            threads,
-            lambda: torch_attention(history, history_term, target, mask),
-        )
+        variants[f"attention_torch_compiled_t{threads}"] = (threads, torch_attention_call)
         variants[f"attention_fused_t{threads}"] = (
             threads,
             lambda: fused_scores(unit, history, history_term, target, target_term),

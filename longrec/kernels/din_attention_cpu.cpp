@@ -159,14 +159,16 @@ extern "C" void din_attention_scores(const float* history, const float* history_
 #pragma omp parallel num_threads(threads)
   {
     // M_c = diag(v_c) · W_prod^T for every candidate: [C, d, H1].
-#pragma omp for
+#pragma omp for schedule(dynamic, 8)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t k = 0; k < d; ++k)
         for (int64_t col = 0; col < H1; col += kLanes)
           store(per_candidate + (c * d + k) * H1 + col, load(w_prod_t + k * H1 + col) * target[c * d + k]);
 
     std::vector<float> buffer_a(kBlockRows * widest), buffer_b(kBlockRows * widest);
-#pragma omp for schedule(static)
+    // Dynamic: on 2 cores shared with the HTTP server, a thread the OS preempts would otherwise hold up
+    // half the tiles while the other waits at the barrier.
+#pragma omp for schedule(dynamic, 4)
     for (int64_t tile = 0; tile < C * blocks; ++tile) {
       const int64_t c = tile / blocks, l0 = (tile % blocks) * kBlockRows;
       const int64_t rows = std::min(kBlockRows, L - l0);
