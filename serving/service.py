@@ -28,6 +28,8 @@ logger = logging.getLogger("longrec.serving")
 
 CONFIG: ServingConfig | None = load_serving_config(Path(__file__).parent)
 ENVS = [{"name": "OMP_WAIT_POLICY", "value": "PASSIVE"}, {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}]
+# Why this process's ranker failed to load (None: it loaded); BodyGuard answers requests 503 with it.
+LOAD_ERROR: dict[str, str | None] = {"reason": None}
 # /rank_batch: at most this many requests per batch, and the dispatcher's deadline for one to start.
 BATCH_MAX_SIZE = 16
 BATCH_MAX_LATENCY_MS = 1000
@@ -86,6 +88,7 @@ class Ranker:
         if CONFIG is None:
             self.error = "no model configured: set LONGREC_SERVING_CONFIG or serve with `longrec serve`"
             logger.error(self.error)
+            LOAD_ERROR["reason"] = self.error
             return
         from longrec.serving.service_support import build_ranker
 
@@ -105,6 +108,7 @@ class Ranker:
         except Exception as error:  # corrupted model file, bad shard index, ...: not ready, say why
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
             logger.error(self.error)
+        LOAD_ERROR["reason"] = self.error  # /rank answers 503 with it (BodyGuard)
 
     @functools.cached_property
     def dependencies_are_remote(self) -> bool:
@@ -221,4 +225,4 @@ Ranker = bentoml.service(
     traffic={"timeout": 30},
     labels={"project": "longrec", "default_shards": str(DEFAULT_SHARDS)},
 )(Ranker)
-Ranker.add_asgi_middleware(BodyGuard)
+Ranker.add_asgi_middleware(BodyGuard, unavailable=lambda: LOAD_ERROR["reason"])

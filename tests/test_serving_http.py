@@ -177,6 +177,9 @@ def test_corrupted_shard_file_keeps_the_service_unready_naming_it(world, tmp_pat
             time.sleep(0.5)
         assert answer is not None and answer.status_code == 503, process.log_tail()
         assert f"memory shard 0 ({values.name}) fails its checksum" in answer.text
+        # A request gets the reason too, not BentoML's generic "unexpected error".
+        response = httpx.post(f"{process.url}/rank", json={"user_id": 1, "candidate_items": [1]}, timeout=10)
+        assert response.status_code == 503 and values.name in response.json()["error"], response.text
         with pytest.raises(ServeError, match=values.name):
             process.wait_ready(timeout=2)
     finally:

@@ -192,18 +192,29 @@ def build_ranker(
 
 
 class BodyGuard:
-    """ASGI middleware for the ranker: POST bodies must be JSON and at most ``max_bytes``; else 415/413."""
+    """ASGI middleware for the ranker: POST bodies must be JSON and at most ``max_bytes``; else 415/413.
+    While ``unavailable()`` gives a reason (the model failed to load), requests get 503 with that reason:
+    BentoML itself would answer any 5xx with a generic "unexpected error" and hide it."""
 
     def __init__(
-        self, app, max_bytes: int = MAX_BODY_BYTES, paths: tuple[str, ...] = ("/rank", "/rank_batch")
+        self,
+        app,
+        max_bytes: int = MAX_BODY_BYTES,
+        paths: tuple[str, ...] = ("/rank", "/rank_batch"),
+        unavailable: Callable[[], str | None] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.paths = paths
+        self.unavailable = unavailable
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("path") not in self.paths:
             await self.app(scope, receive, send)
+            return
+        reason = self.unavailable() if self.unavailable is not None else None
+        if reason:
+            await self._reject(send, 503, reason)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         media_type = headers.get("content-type", "").split(";")[0].strip().lower()
