@@ -4,7 +4,8 @@ A long-sequence model is served at L=1000, but most users have far fewer events:
 still cost attention over candidates × L unless the ranker trims them (``trim_history_padding``, the
 serving default; exact, see tests/test_serving.py). This measures the ranker in process (``Ranker.rank``
 with the user's history in the request, so no Feast read; compiled scoring as served, but with DIN's and
-LMN's attention on the torch path, not the fused CPU kernel the service uses; the service's thread choice) on requests whose history lengths are the real datasets' users' (each user's latest ≤ L events),
+LMN's attention on the torch path, not the fused CPU kernel the service uses; the service's thread choice)
+on requests whose history lengths are the real datasets' users' (each user's latest ≤ L events),
 trimmed and untrimmed alternating on the same requests, and prints the ratio measured in this run.
 Weights and item ids are random: the cost depends on the lengths, not on the values.
 
