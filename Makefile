@@ -8,6 +8,8 @@ STAMP := $(VENV)/.longrec-installed
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 MODELS ?= din,imn,recblr,lmn
 DATASET ?= ml-100k
+# Test workers (pytest-xdist): most tests wait on one process (a server, a pipeline step), so two use both cores.
+TEST_WORKERS ?= 2
 
 export OMP_WAIT_POLICY ?= PASSIVE
 export BENTOML_DO_NOT_TRACK ?= True
@@ -42,7 +44,7 @@ run: setup
 	$(BIN)/longrec run --dataset $(DATASET) --models $(MODELS)
 
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check longrec components pipelines feature_repo serving tests benchmarks

@@ -39,3 +39,13 @@ def local_pipeline_run(tmp_path_factory, tiny_params):
     root = tmp_path_factory.mktemp("pipeline")
     summary = run_local(tiny_params, root / "runs", registry_dir=root / "registry")
     return summary, root / "registry"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs two workers) keep each module's tests on one worker, so a
+    module-scoped fixture (a served world, a trained model) is built once, and every test of the
+    session's one pipeline run on the same worker, so that run happens once."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = "local_pipeline_run" if "local_pipeline_run" in fixtures else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
