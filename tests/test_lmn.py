@@ -188,6 +188,26 @@ def test_checkpoint_and_memory_shards_roundtrip(tmp_path) -> None:
         loaded.attach_memory_shards(tmp_path / MEMORY_DIR)
 
 
+def test_cached_item_rows_read_as_computed_rows_and_go_stale_in_training() -> None:
+    model = make_lmn(memory_history_reads=None)
+    model.train()
+    model(tiny_batch(8))  # move Dice running statistics
+    model.eval()
+    batch = tiny_batch(6, seed=4)
+    expected = model(batch)
+    user = model.encode_user({k: v[:1] for k, v in batch.items()})
+    expected_scores = model.score_candidates(user, batch)
+    assert model.cache_item_rows(chunk=16) > 0  # chunks smaller than the vocabulary: their seams too
+    rows, ids = model._item_rows
+    assert rows.shape[0] == ids.shape[0] == SPEC.n_items
+    torch.testing.assert_close(model(batch), expected, rtol=0, atol=1e-6)
+    user = model.encode_user({k: v[:1] for k, v in batch.items()})
+    torch.testing.assert_close(model.score_candidates(user, batch), expected_scores, rtol=0, atol=1e-6)
+    model.train()  # weights are about to change: the table must not outlive them
+    assert model._item_rows is None
+    assert make_lmn(query_variant="joint").cache_item_rows() == 0  # its row half depends on the user
+
+
 def test_registry_and_config_validation() -> None:
     assert "lmn" in available_models()
     with pytest.raises(ValueError, match="perfect square"):

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.schema import LONG_LOG_KEY, FeatureSpec
+from longrec.kernels.pkm import take
 from longrec.memory import (
     QUERY_VARIANTS,
     MemoryConfig,
@@ -193,6 +194,7 @@ class LMN(UsesDINBackbone, CTRModel):
         )
         self.sharded_memory: ShardedMemory | None = None
         self._memory_loss: Tensor | None = None
+        self._item_rows: tuple[Tensor, Tensor] | None = None  # cache_item_rows(): every item's row top-K
         self._accept_pre_backbone_checkpoints()
 
     # -- memory reads ---------------------------------------------------------------------------------
@@ -223,11 +225,44 @@ class LMN(UsesDINBackbone, CTRModel):
             # The row half depends on the item alone and the column half on the user alone: take each
             # axis' top-K once per distinct item / per batch row, then index (B·n reads share them).
             unique_items, inverse = torch.unique(items, return_inverse=True)
-            row_top, row_idx = memory.row_topk(self.query.row_query(self.item_embedding(unique_items)))
+            if self._item_rows is not None and not self.training:  # serving: looked up, not computed
+                row_top, row_idx = (take(part, 0, unique_items) for part in self._item_rows)
+            else:
+                row_top, row_idx = memory.row_topk(self.query.row_query(self.item_embedding(unique_items)))
             col_top, col_idx = memory.col_topk(self.query.col_query(users))
-            return memory.read_topk(row_top[inverse], row_idx[inverse], col_top[owners], col_idx[owners])[0]
+            return memory.read_topk(
+                take(row_top, 0, inverse),
+                take(row_idx, 0, inverse),
+                take(col_top, 0, owners),
+                take(col_idx, 0, owners),
+            )[0]
         row_query, col_query = self.query(item_vectors, users[owners])
         return memory(row_query, col_query)
+
+    @torch.no_grad()
+    def cache_item_rows(self, chunk: int = 4096) -> int:
+        """Serving: compute the row axis' top-K of every item id once (the split query's row half is a
+        function of the item alone, so with frozen weights it is a table, [n_items, H, K] scores and
+        row ids), and look reads' rows up in it instead of scoring each request's distinct items
+        against the r row sub-keys. Exact: the same computation, batched differently. Dropped when
+        the model goes back to training (``train()``). Returns the table's bytes (0 for the joint
+        query, whose row half also depends on the user)."""
+        if self.config.query_variant != "split":
+            return 0
+        memory = self._memory()
+        tops, ids = [], []
+        for start in range(0, self.spec.n_items, chunk):
+            items = torch.arange(start, min(start + chunk, self.spec.n_items))
+            top, idx = memory.row_topk(self.query.row_query(self.item_embedding(items)))
+            tops.append(top)
+            ids.append(idx)
+        self._item_rows = (torch.cat(tops), torch.cat(ids))
+        return sum(t.numel() * t.element_size() for t in self._item_rows)
+
+    def train(self, mode: bool = True) -> LMN:
+        if mode:
+            self._item_rows = None  # the weights will change: the table would go stale
+        return super().train(mode)
 
     # -- model ----------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -287,7 +322,9 @@ class LMN(UsesDINBackbone, CTRModel):
             history_reads = history.new_zeros(0, self.config.memory_value_dim)
         return {**encoded, "users": users, "read_positions": read_positions, "history_reads": history_reads}
 
-    def _history_read_inputs(self, batch: dict[str, Tensor], history: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _history_read_inputs(
+        self, batch: dict[str, Tensor], history: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One user's history reads: item ids [n], their embeddings [n, d] and their positions [n]."""
         positions, read_valid = self.read_positions(batch["history_mask"])
         rows, cols = read_valid.nonzero(as_tuple=True)
@@ -354,7 +391,9 @@ class LMN(UsesDINBackbone, CTRModel):
         if reads.shape[0] == 0:
             return reads.sum() * 0.0
         if self.config.memory_target == "interest":  # ē: mean embedding of each row's written events
-            sums = item_vectors.new_zeros(users.shape[0], item_vectors.shape[-1]).index_add_(0, owners, item_vectors)
+            sums = item_vectors.new_zeros(users.shape[0], item_vectors.shape[-1]).index_add_(
+                0, owners, item_vectors
+            )
             counts = torch.bincount(owners, minlength=users.shape[0]).clamp_min(1).to(sums.dtype)
             item_part = (sums / counts.unsqueeze(-1))[owners]
         else:

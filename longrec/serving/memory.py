@@ -191,4 +191,4 @@ class RemoteShardedMemory(ShardedMemory):
                 self.degraded = True
                 self._down_until[shard] = time.monotonic() + self.retry_after_s
                 logger.warning("memory shard %d unavailable (%s): its slots read as zero", shard, error)
-        return rows[inverse].view(*slots.shape, self.config.value_dim)
+        return rows.index_select(0, inverse).view(*slots.shape, self.config.value_dim)

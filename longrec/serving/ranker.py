@@ -114,6 +114,8 @@ class ModelScorer:
                 f"memory shards have {memory.config}, the model has {self.model.memory.config}"
             )
         self.model.sharded_memory = memory
+        # Every item's row top-K once, now: a request then looks its reads' rows up (LMN.cache_item_rows).
+        self.model.cache_item_rows()
 
     @torch.no_grad()
     def score(self, user_batch: dict, candidate_batch: dict) -> np.ndarray:

@@ -1,0 +1,194 @@
+"""LMN serving: each request's memory reads with the row axis looked up in a per-item table
+(``LMN.cache_item_rows``, what the ranker does) against computing it per request, in process.
+
+A served LMN request reads the memory for every history item and every candidate. With the split query
+the row half of a read depends on the item alone, so its top-K rows against the r row sub-keys are a
+table over the item vocabulary once the weights are frozen. This times, for LMN with 1,048,576 slots
+(r = 1024, K = 16) and 100 candidates at several L: (a) ``request_reads`` (all the request's reads,
+value rows from two in-process shards) and (b) the whole ``ModelScorer.score`` the ranker runs (the
+reads in a helper thread beside the fused-kernel attention), each without and with the table, at 1 and
+2 torch threads. Variants alternate in rounds (the machine is shared: load hits all alike); each keeps
+the median of its round medians. Prints the ratios measured in this run, and checks the two paths give
+the same scores.
+
+Random weights, with the query projections' biases zeroed: a fresh model's biases dominate its item
+term, so every item would pick the same rows and a request would touch ~250 distinct slots; zeroed,
+requests touch thousands, as a trained model's do (the count is printed).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/lmn_item_rows.py \\
+        --json benchmarks/results/lmn_item_rows.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+N_ITEMS = 20_000
+N_CANDIDATES = 100
+SLOTS = 1_048_576
+
+
+def timed(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
+    """Median over rounds of each variant's median ms per call; variants alternate within a round."""
+    medians: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (threads, call) in variants.items():
+            torch.set_num_threads(threads)
+            call()  # wake this thread count
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+            medians[name].append(1000 * statistics.median(times))
+    return {name: round(statistics.median(values), 2) for name, values in medians.items()}
+
+
+def measure(length: int, rounds: int, repeats: int) -> dict:
+    from longrec.memory.sharded import ShardedMemory
+    from longrec.models.registry import build_model
+    from longrec.serving.demo import demo_spec
+    from longrec.serving.features import UserFeatures, build_batches, trim_history_padding
+    from longrec.serving.memory import MemoryIndex, RemoteShardedMemory
+    from longrec.serving.ranker import ModelScorer
+
+    torch.manual_seed(0)
+    spec = demo_spec(n_users=200, n_items=N_ITEMS, max_history_length=length)
+    model = build_model("lmn", spec, {"memory_slots": SLOTS}).eval()
+    with torch.no_grad():
+        model.query.item_projection.bias.zero_()
+        model.query.user_projection.bias.zero_()
+    local = ShardedMemory.from_memory(model.memory, 2)
+    index = MemoryIndex(
+        local.config, local.row_keys, local.col_keys, [{"start": a, "stop": b} for a, b in local.ranges]
+    )
+    distinct: list[int] = []
+
+    def client(shard: int):
+        start, values = local.ranges[shard][0], local.shards[shard].numpy()
+
+        def gather(slots: np.ndarray) -> np.ndarray:
+            distinct.append(len(slots))
+            return values[slots - start]
+
+        return gather
+
+    scorer = ModelScorer.__new__(ModelScorer)  # the ranker's scorer around this in-memory model
+    scorer.model, scorer.spec, scorer.name, scorer.tag = model, spec, "lmn", "bench"
+    scorer.enable_fused_attention()
+    scorer.attach_memory(RemoteShardedMemory(index, [client(0), client(1)], timeout_s=30))
+    table = model._item_rows  # built by attach_memory, as served
+
+    rng = np.random.default_rng(0)
+    user = UserFeatures(
+        rng.integers(1, N_ITEMS, length),
+        np.arange(length, dtype=np.int64),
+        {"user_age": 1, "user_gender": 1, "user_occupation": 1},
+        found=True,
+    )
+    candidates = rng.choice(np.arange(1, N_ITEMS), N_CANDIDATES, replace=False)
+    user_batch, candidate_batch = build_batches(
+        spec, 3, user, candidates, np.zeros(N_CANDIDATES, np.int64), request_time=length
+    )
+    user_batch = trim_history_padding(user_batch)
+
+    def with_table(on: bool, call):
+        def run():
+            model._item_rows = table if on else None
+            with torch.no_grad():
+                call()
+
+        return run
+
+    with torch.no_grad():
+        model._item_rows = None
+        expected = scorer.score(user_batch, candidate_batch)
+        model._item_rows = table
+        distinct.clear()
+        got = scorer.score(user_batch, candidate_batch)
+    slots_touched = sum(distinct)
+    variants = {}
+    for threads in (1, 2):
+        for on in (False, True):
+            suffix = f"{'table' if on else 'computed'}_t{threads}"
+            variants[f"reads_{suffix}"] = (
+                threads,
+                with_table(on, lambda: model.request_reads(user_batch, candidate_batch)),
+            )
+            variants[f"score_{suffix}"] = (
+                threads,
+                with_table(on, lambda: scorer.score(user_batch, candidate_batch)),
+            )
+    ms = timed(variants, rounds, repeats)
+    row = {
+        "L": length,
+        "candidates": N_CANDIDATES,
+        "slots": SLOTS,
+        "distinct_slots_per_request": slots_touched,
+        "table_mb": round(sum(t.numel() * t.element_size() for t in table) / 2**20, 1),
+        "max_abs_score_difference": float(np.abs(got - expected).max()),
+        **ms,
+    }
+    for threads in (1, 2):
+        for part in ("reads", "score"):
+            row[f"{part}_speedup_t{threads}"] = round(
+                ms[f"{part}_computed_t{threads}"] / ms[f"{part}_table_t{threads}"], 2
+            )
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[50, 1000])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    threads_before = torch.get_num_threads()
+    rows = []
+    for length in args.lengths:
+        rows.append(measure(length, args.rounds, args.repeats))
+        print(json.dumps(rows[-1]), flush=True)
+    torch.set_num_threads(threads_before)
+    print("\n| L | threads | reads: computed | table | ratio | ranker score: computed | table | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for t in (1, 2):
+            print(
+                f"| {r['L']} | {t} | {r[f'reads_computed_t{t}']:.2f} ms | {r[f'reads_table_t{t}']:.2f} ms | "
+                f"{r[f'reads_speedup_t{t}']:.2f}x | {r[f'score_computed_t{t}']:.2f} ms | "
+                f"{r[f'score_table_t{t}']:.2f} ms | {r[f'score_speedup_t{t}']:.2f}x |"
+            )
+    if args.json:
+        payload = {
+            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/lmn_item_rows.py "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "weights": "random, query biases zeroed (see the module doc)",
+            "rows": rows,
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
