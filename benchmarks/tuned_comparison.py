@@ -7,7 +7,9 @@ trained on every seed, test metrics mean ± std.
         --json benchmarks/results/tuned_comparison_dslabs-movielens_L50.json
 
 The samples are built once (negatives from seed 0); a seed changes initialisation and batch order only.
-Resumable: a model already in the JSON is kept (delete it to start over). Writes a .md beside the JSON.
+Resumable: a model already in the JSON is kept (delete it to start over); a model under way keeps each
+finished tuning trial and seed run in ``<json>.progress.json``, and a restart with the same arguments
+trains only what is missing. Writes a .md beside the JSON.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ def main() -> None:
     from longrec.data.samples import SampleConfig
     from longrec.experiments.seed_study import build_splits
     from longrec.train.trainer import TrainConfig
-    from longrec.train.tuning import apply_settings, tune_model
+    from longrec.train.tuning import TrialResult, apply_settings, tune_model
 
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -136,24 +138,46 @@ def main() -> None:
         n_samples={name: len(samples) for name, samples in splits.items()},
     )
     models = payload.setdefault("models", {})
+    # Each finished trial and seed run of a model not yet done, so a stopped study resumes where it was.
+    progress_path = args.json.with_suffix(".progress.json")
+    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
+
+    def save_progress() -> None:
+        progress_path.parent.mkdir(parents=True, exist_ok=True)
+        progress_path.write_text(json.dumps(progress, indent=2))
+
     for name in args.models.split(","):
         if name in models:
             continue
-        _, _, result, tuning = tune_model(
-            name, spec, splits["train"], splits["valid"], base, args.budget, progress=print
-        )
+        done = progress.setdefault(name, {"trials": [], "fixed": [], "tuned": []})
+
+        def keep_trial(trial, done=done) -> None:
+            done["trials"].append(dataclasses.asdict(trial))
+            save_progress()
+
+        _, _, _, tuning = tune_model(
+            name, spec, splits["train"], splits["valid"], base, args.budget, progress=print,
+            finished_trials=[TrialResult(**trial) for trial in done["trials"]], on_trial=keep_trial,
+            retrain_resumed_pick=False,  # only the record is used: each seed trains the pick below
+        )  # fmt: skip
         record = {"tuning": tuning.to_dict()}
         for kind, settings in (("fixed", {}), ("tuned", tuning.chosen.params)):
-            runs = []
-            for seed in seeds:
+            runs = done[kind]
+            for seed in seeds[len(runs) :]:
                 config, overrides = apply_settings(name, settings, dataclasses.replace(base, seed=seed))
                 runs.append(train_and_test(name, spec, splits, config, overrides))
+                save_progress()
                 print(f"{name} {kind} seed {seed}: test AUC {runs[-1]['test_auc']:.4f}", flush=True)
             valid_at_tune_seed = tuning.trials[0].valid_auc if kind == "fixed" else tuning.chosen.valid_auc
             record[kind] = {"settings": settings, "runs": runs, "valid_auc_tuning_seed": valid_at_tune_seed}
         models[name] = record
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2))
+        del progress[name]  # done: its record is in the JSON now
+        if progress:
+            save_progress()
+        else:
+            progress_path.unlink(missing_ok=True)
     text = table(payload)
     args.json.with_suffix(".md").write_text(text)
     print(text)

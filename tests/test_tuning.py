@@ -23,7 +23,7 @@ from longrec.models.registry import available_models, build_model, model_config_
 from longrec.seeding import derive_seed
 from longrec.train.run import train_from_training_set
 from longrec.train.trainer import TrainConfig, set_seed, train_model
-from longrec.train.tuning import SEARCH_SPACES, search_space, tune_model
+from longrec.train.tuning import SEARCH_SPACES, TrialResult, search_space, tune_model
 
 CONFIG = TrainConfig(epochs=2, batch_size=128, lr=3e-3, seed=0, progress=False)
 BUDGET = 4
@@ -115,6 +115,30 @@ def test_same_seed_and_budget_give_the_same_pick(training_dir, tuned):
     assert again.chosen_trial == tuned[3].chosen_trial
     assert [t.params for t in again.trials] == [t.params for t in tuned[3].trials]
     assert [t.valid_auc for t in again.trials] == [t.valid_auc for t in tuned[3].trials]
+
+
+@pytest.mark.parametrize("kept", [1, BUDGET - 1])
+def test_a_resumed_search_ends_as_the_uninterrupted_one(training_dir, tuned, kept):
+    """A study saves each trial as it ends (on_trial) and, restarted, passes the saved ones back: only
+    the rest train, and the pick, the records and the returned weights are the uninterrupted run's."""
+    model, config, _, record = tuned
+    saved = [TrialResult(**json.loads(json.dumps(dataclasses.asdict(t)))) for t in record.trials[:kept]]
+    newly: list = []
+    again_model, again_config, _, again = _tune(training_dir, finished_trials=saved, on_trial=newly.append)
+    assert [t.trial for t in newly] == list(range(kept, BUDGET))  # only the rest trained
+    assert [(t.params, t.valid_auc) for t in again.trials] == [(t.params, t.valid_auc) for t in record.trials]
+    assert again.chosen_trial == record.chosen_trial and again_config == config
+    state = model.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in again_model.state_dict().items())
+    # Every trial saved and only the record wanted (the benchmark): nothing trains at all.
+    model_none, _, result_none, whole = _tune(
+        training_dir, finished_trials=record.trials, on_trial=newly.append, retrain_resumed_pick=False
+    )
+    assert model_none is None and result_none is None and whole.chosen_trial == record.chosen_trial
+    assert len(newly) == BUDGET - kept
+    wrong = [dataclasses.replace(saved[0], params={**saved[0].params, "lr": 0.123})]
+    with pytest.raises(ValueError, match="start the search over"):
+        _tune(training_dir, finished_trials=wrong)
 
 
 def test_a_poisoned_test_split_changes_nothing(training_dir, poisoned_dir, tmp_path):

@@ -114,7 +114,9 @@ def search_space(
         raise ValueError(f"search space of {model_name} names unknown config fields {sorted(missing)}")
     base = base or TrainConfig()
     train = {name: _lead_with(getattr(base, name), values) for name, values in TRAIN_KNOBS.items()}
-    model = {name: _lead_with(getattr(config, name), values) for name, values in MODEL_KNOBS[model_name].items()}
+    model = {
+        name: _lead_with(getattr(config, name), values) for name, values in MODEL_KNOBS[model_name].items()
+    }
     return SearchSpace(model_name, train, model)
 
 
@@ -170,12 +172,21 @@ def tune_model(
     time_limit_s: float = 0.0,
     model_overrides: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[torch.nn.Module, TrainConfig, TrainResult, TuningResult]:
+    finished_trials: list[TrialResult] | None = None,
+    on_trial: Callable[[TrialResult], None] | None = None,
+    retrain_resumed_pick: bool = True,
+) -> tuple[torch.nn.Module | None, TrainConfig, TrainResult | None, TuningResult]:
     """Search ``budget`` trials on validation AUC; return (best model, its TrainConfig, its training
     result, the tuning record). Test data is not an argument: the search cannot read it.
 
     ``time_limit_s`` > 0 stops starting new trials once that much time has passed (the record says so;
     a search cut by time is no longer reproducible trial for trial). Every trial trains from the same seed.
+
+    Resuming a long search (a study of several hours): ``on_trial`` is called with each trial as it
+    finishes, so a caller can save it; ``finished_trials`` are those saved trials, the first trials of
+    this same search (same model, space, seed), which are kept instead of trained again. The chosen
+    trial is trained again at the end only when it is one of them (its weights were not kept), unless
+    ``retrain_resumed_pick`` is False (a caller that wants the record only): model and result are then None.
     """
     if budget < 1:
         raise ValueError(f"a tuning budget must be >= 1 trial, got {budget}")
@@ -189,9 +200,29 @@ def tune_model(
         f"tuning {model_name}: {len(assignments)} of {space.size()} settings on validation AUC"
         + (f", time limit {time_limit_s:.0f} s" if time_limit_s > 0 else "")
     )
-    best: tuple[float, torch.nn.Module, TrainConfig, TrainResult] | None = None
+    best: tuple[float, torch.nn.Module | None, TrainConfig, TrainResult | None] | None = None
     start = time.perf_counter()
+    finished = list(finished_trials or [])
+    if len(finished) > len(assignments):
+        raise ValueError(f"{len(finished)} finished trials for a search of {len(assignments)}")
+    for index, trial in enumerate(finished):
+        if trial.trial != index or trial.params != assignments[index]:
+            raise ValueError(
+                f"finished trial {index} has settings {trial.params}, but this search's trial {index} is "
+                f"{assignments[index]} (another model, space, seed or budget): start the search over"
+            )
     for index, assignment in enumerate(assignments):
+        if index < len(finished):  # resumed: kept, not trained again
+            trial = finished[index]
+            record.trials.append(trial)
+            if best is None or trial.valid_auc > best[0]:
+                config = dataclasses.replace(base_config, **space.split(assignment)[0])
+                best = (trial.valid_auc, None, config, None)
+                record.chosen_trial = index
+            say(
+                f"tuning {model_name}: trial {index + 1}/{len(assignments)} resumed: valid AUC {trial.valid_auc:.4f}"
+            )
+            continue
         if time_limit_s > 0 and index > 0 and time.perf_counter() - start > time_limit_s:
             record.stopped_by_time_limit = True
             say(f"tuning {model_name}: time limit reached after {index} trial(s)")
@@ -213,6 +244,8 @@ def tune_model(
             seconds=round(time.perf_counter() - trial_start, 2),
         )
         record.trials.append(trial)
+        if on_trial is not None:
+            on_trial(trial)
         # Strictly better only: ties keep the earlier trial (the default first), NaN never wins.
         if best is None or auc > best[0]:
             best = (auc, model, config, result)
@@ -226,6 +259,13 @@ def tune_model(
     record.seconds = round(time.perf_counter() - start, 2)
     assert best is not None
     _, model, config, result = best
+    # The chosen trial was resumed: train it again, from the same seed, for its weights.
+    if model is None and retrain_resumed_pick:
+        set_seed(derive_seed(config.seed, "model-init"))
+        model = build_model(
+            model_name, spec, {**(model_overrides or {}), **space.split(record.chosen.params)[1]}
+        )
+        result = train_model(model, train, valid, config)
     return model, config, result, record
 
 
