@@ -206,6 +206,9 @@ def test_cached_item_rows_read_as_computed_rows_and_go_stale_in_training() -> No
     model.train()  # weights are about to change: the table must not outlive them
     assert model._item_rows is None
     assert make_lmn(query_variant="joint").cache_item_rows() == 0  # its row half depends on the user
+    too_big = make_lmn().eval()
+    assert too_big.cache_item_rows(max_bytes=SPEC.n_items * 3 * 12 - 1) == 0 and too_big._item_rows is None
+    assert too_big.cache_item_rows(max_bytes=SPEC.n_items * 3 * 12) == SPEC.n_items * 3 * 12
 
 
 def test_registry_and_config_validation() -> None:

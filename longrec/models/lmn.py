@@ -31,6 +31,7 @@ all inside the seed spread, so nothing supports changing the spec's target.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -56,7 +57,10 @@ from longrec.models.din import DINBackbone, DINConfig, UsesDINBackbone
 
 __all__ = ["LMN", "LMNConfig", "UserFeatures", "MEMORY_DIR"]
 
+logger = logging.getLogger(__name__)
+
 USER_FEATURE_MODES = ("id+side", "id", "side")
+ITEM_ROWS_MAX_BYTES = 256 * 2**20  # cache_item_rows: the largest per-item row table a ranker builds
 MEMORY_POOLS = ("mean", "attention")
 MEMORY_TARGETS = ("projection", "interest")
 
@@ -240,14 +244,23 @@ class LMN(UsesDINBackbone, CTRModel):
         return memory(row_query, col_query)
 
     @torch.no_grad()
-    def cache_item_rows(self, chunk: int = 4096) -> int:
+    def cache_item_rows(self, chunk: int = 4096, max_bytes: int = ITEM_ROWS_MAX_BYTES) -> int:
         """Serving: compute the row axis' top-K of every item id once (the split query's row half is a
         function of the item alone, so with frozen weights it is a table, [n_items, H, K] scores and
         row ids), and look reads' rows up in it instead of scoring each request's distinct items
         against the r row sub-keys. Exact: the same computation, batched differently. Dropped when
-        the model goes back to training (``train()``). Returns the table's bytes (0 for the joint
-        query, whose row half also depends on the user)."""
+        the model goes back to training (``train()``). Returns the table's bytes: 0 for the joint query,
+        whose row half also depends on the user, and for a vocabulary whose table would exceed
+        ``max_bytes`` (12 bytes per item and slot read: 192 MB for a million items at K=16), which keeps
+        computing rows per request."""
         if self.config.query_variant != "split":
+            return 0
+        per_item = self.config.memory_heads * self.config.memory_top_k * (4 + 8)  # float32 score, int64 id
+        if self.spec.n_items * per_item > max_bytes:
+            logger.info(
+                "LMN row table skipped: %d items x %d B > %d B; rows are computed per request",
+                self.spec.n_items, per_item, max_bytes,
+            )  # fmt: skip
             return 0
         memory = self._memory()
         tops, ids = [], []
