@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,26 +33,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from din_attention_cpu import timed  # noqa: E402  (alternating rounds, median of medians)
 
 N_ITEMS = 20_000
 N_CANDIDATES = 100
 SLOTS = 1_048_576
-
-
-def timed(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
-    """Median over rounds of each variant's median ms per call; variants alternate within a round."""
-    medians: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, (threads, call) in variants.items():
-            torch.set_num_threads(threads)
-            call()  # wake this thread count
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - started)
-            medians[name].append(1000 * statistics.median(times))
-    return {name: round(statistics.median(values), 2) for name, values in medians.items()}
 
 
 def measure(length: int, rounds: int, repeats: int) -> dict:
