@@ -9,7 +9,10 @@ offline forward is tested in tests/test_serving*.py). A bounded async httpx loop
 same request in process: the eager ``forward`` of 100 rows (what offline evaluation runs) and the split
 ``encode_user`` + ``score_candidates`` the service runs (LMN reading in-memory shards; DIN's and LMN's
 attention through the fused CPU kernel, as served, unless ``--fused-attention off``). The overhead ratio
-is served p50 / split p50: HTTP, Feast read, JSON and (LMN) the shard calls.
+is served p50 / split p50: HTTP, Feast read, JSON and (LMN) the shard calls. Around the one-client /rank
+phase it also reads the services' /metrics twice and reports ("breakdown_ms", and a second table) the mean
+milliseconds per request of each part they measure: the ranker's HTTP request, ``rank()``, its stages
+(features, score, respond), one shard call as the ranker sees it and one gather inside a shard service.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py --json benchmarks/results/serving.json
 """
@@ -39,6 +42,7 @@ LMN_PAPER_SCALE = {"memory_slots": 1_048_576}
 N_ITEMS = 20_000
 N_USERS = 200
 N_CANDIDATES = 100
+STAGES = ("features", "score", "respond")  # the ranker's longrec_rank_stage_seconds
 
 
 def free_port() -> int:
@@ -85,6 +89,40 @@ def served_torch_threads(url: str) -> int | None:
         if line.startswith("longrec_ranker_torch_threads"):
             return int(float(line.split()[-1]))
     return None
+
+
+def metric_totals(url: str) -> dict[str, float]:
+    """Every histogram's ``_sum`` and ``_count`` in the server's /metrics (ranker and shards together),
+    keyed by the line's name and labels."""
+    import httpx
+
+    totals = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if not line.startswith("#") and ("_sum{" in name or "_count{" in name):
+            totals[name] = float(value)
+    return totals
+
+
+def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean milliseconds per request of each part the services measure, over the requests between the two
+    /metrics snapshots: the ranker's HTTP request (BentoML's own histogram), ``rank()``, its stages, one
+    shard call as the ranker sees it, and one gather inside a shard service."""
+
+    def mean(*parts: str) -> float | None:
+        keys = [k for k in after if k.endswith("}") and all(p in k for p in parts)]
+        sums = sum(after[k] - before.get(k, 0.0) for k in keys if "_sum{" in k)
+        counts = sum(after[k] - before.get(k, 0.0) for k in keys if "_count{" in k)
+        return round(1000 * sums / counts, 2) if counts else None
+
+    parts = {
+        "http": mean("bentoml_service_request_duration_seconds", 'endpoint="/rank"', 'runner_name="Ranker"'),
+        "rank": mean("longrec_rank_latency_seconds"),
+        **{stage: mean("longrec_rank_stage_seconds", f'stage="{stage}"') for stage in STAGES},
+        "shard_call": mean("longrec_memory_shard_latency_seconds"),
+        "inside_shard": mean("bentoml_service_request_duration_seconds", 'endpoint="/gather"'),
+    }
+    return {key: value for key, value in parts.items() if value is not None}
 
 
 def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int) -> dict:
@@ -173,6 +211,7 @@ async def load(
         "errors": errors,
         "flagged": flags,
         "flag_kinds": flag_kinds,
+        "mean_ms": 1000 * float(np.mean(latencies)),
         "p50_ms": 1000 * percentile(latencies, 50),
         "p99_ms": 1000 * percentile(latencies, 99),
         "throughput_rps": len(latencies) / wall,
@@ -232,14 +271,19 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
     started = time.perf_counter()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.batching]
     phases = {}
+    parts: dict[str, float] = {}
     with ServeProcess(registry, free_port(), config=config) as server:
         ready_s = time.perf_counter() - started
         served_threads = served_torch_threads(server.url)
         for batched in modes:
             asyncio.run(load(server.url, bodies, 1, args.warmup, 60, batched))
             prefix = "batched_" if batched else "served_"
+            totals = metric_totals(server.url)
+            one_client = asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds, batched))
+            if not batched:  # where the one-client requests' time went, as the services measured it
+                parts = breakdown(totals, metric_totals(server.url))
             phases[prefix] = (
-                asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds, batched)),
+                one_client,
                 asyncio.run(load(server.url, bodies, args.concurrency, args.requests, args.seconds, batched)),
             )
     # The machine is shared: the bare figures are taken before and after serving, the lower one kept.
@@ -262,6 +306,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         **{k: round(v, 2) for k, v in bare.items()},
         "errors": 0,
         "flagged": 0,
+        "breakdown_ms": parts,  # /rank at one client: mean ms per request of each measured part
     }
     bare_served = row["compiled_split_p50_ms"] if config.compile else row["split_p50_ms"]
     for prefix, (latency, throughput) in phases.items():
@@ -344,6 +389,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"{r['compiled_split_p50_ms']:.1f} ms | {endpoint} | {r[prefix + 'p50_ms']:.1f} ms | "
                   f"{r[prefix + 'p99_ms']:.1f} ms | {r[prefix + 'overhead']:.2f}x | "
                   f"{r[prefix + 'throughput_rps_cN']:.0f} | {r[prefix + 'p99_ms_cN']:.0f} ms |")  # fmt: skip
+    columns = ("http", "rank", *STAGES, "shard_call", "inside_shard")
+    print("\nWhere /rank's time went (one client; means in ms; the services' own /metrics):\n")
+    print("| model | L | client | " + " | ".join(columns) + " |\n" + "|---" * (3 + len(columns)) + "|")
+    for r in rows:
+        if r["breakdown_ms"]:
+            cells = " | ".join(f"{r['breakdown_ms'].get(c, float('nan')):.1f}" for c in columns)
+            print(f"| {r['model']} | {r['L']} | {r['served_mean_ms']:.1f} | {cells} |")
     if args.json:
         payload = {
             "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving.py "

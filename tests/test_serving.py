@@ -160,6 +160,21 @@ def test_top_k_and_history_override(world) -> None:
     assert other.history_length == 3
 
 
+def test_each_request_reports_its_stages_within_its_latency(world) -> None:
+    from longrec.serving.ranker import RankerMetrics
+
+    ranker, _ = local_ranker(world, "lmn")
+    requests, stages = [], []
+    ranker.metrics = RankerMetrics(
+        observe_request=lambda arm, seconds: requests.append(seconds),
+        observe_stage=lambda stage, seconds: stages.append((stage, seconds)),
+    )
+    ranker.rank(RankRequest(user_id=2, candidate_items=[1, 2, 3], timestamp=NOW))
+    assert [stage for stage, _ in stages] == ["features", "score", "respond"]
+    assert all(seconds >= 0 for _, seconds in stages)
+    assert sum(seconds for _, seconds in stages) >= requests[0]  # respond ends after the request's clock
+
+
 def test_unknown_user_is_scored_with_an_empty_history_and_flagged(world) -> None:
     ranker, _ = local_ranker(world, "lmn")
     for user in (11, 10_000):  # in the vocabulary without events; outside the vocabulary

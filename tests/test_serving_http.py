@@ -94,6 +94,8 @@ def test_oversized_non_json_and_pickle_bodies_are_rejected(server) -> None:
 
 def test_metrics_count_requests_latency_flags_and_shards(server) -> None:
     rank(server, {"user_id": 9_999, "candidate_items": [1, 2]})
+    rank(server, {"user_id": 3, "candidate_items": list(range(1, 60)), "timestamp": NOW})  # both shards read
+    assert rank(server, {"user_id": 1, "candidate_items": [10**6]}).status_code == 400  # counted, invalid
     text = httpx.get(f"{server.url}/metrics").text
     for name in (
         "longrec_rank_requests_total",
@@ -101,6 +103,10 @@ def test_metrics_count_requests_latency_flags_and_shards(server) -> None:
         "longrec_rank_errors_total",
         'longrec_rank_flags_total{flag="unknown_user"}',
         'longrec_memory_shard_latency_seconds_bucket{le="0.001",shard="1"}',
+        *(
+            f'longrec_rank_stage_seconds_count{{stage="{stage}"}}'
+            for stage in ("features", "score", "respond")
+        ),
         "bentoml_service_request_total",
     ):
         assert name in text, name

@@ -195,6 +195,9 @@ class RankerMetrics:
     """Hooks the service points at its Prometheus metrics; no-ops by default (in-process use)."""
 
     observe_request: Callable[[str, float], None] = lambda arm, seconds: None
+    # (stage, seconds) per request: "features" (online store read and batch assembly), "score" (the
+    # model), "respond" (ordering, the response and the rollout log): where a request's time goes.
+    observe_stage: Callable[[str, float], None] = lambda stage, seconds: None
     count_flag: Callable[[str], None] = lambda flag: None
     extra: dict = field(default_factory=dict)
 
@@ -334,7 +337,9 @@ class Ranker:
         memory = getattr(scorer.model, "sharded_memory", None)
         if memory is not None and hasattr(memory, "degraded"):
             memory.degraded = False
+        features_done = time.perf_counter()
         logits = scorer.score(user_batch, candidate_batch)
+        score_done = time.perf_counter()
         degraded = bool(memory is not None and getattr(memory, "degraded", False))
         order = np.argsort(-logits, kind="stable")
         if request.top_k is not None:
@@ -374,6 +379,9 @@ class Ranker:
                 },
             )
         self.metrics.observe_request(arm, seconds)
+        self.metrics.observe_stage("features", features_done - started)
+        self.metrics.observe_stage("score", score_done - features_done)
+        self.metrics.observe_stage("respond", time.perf_counter() - score_done)
         return response
 
 

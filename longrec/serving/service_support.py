@@ -67,6 +67,13 @@ def serving_metrics() -> dict:
             "latency": Histogram(
                 "longrec_rank_latency_seconds", "Time to rank one request.", ["arm"], buckets=buckets
             ),
+            "stage_latency": Histogram(
+                "longrec_rank_stage_seconds",
+                "Time in one stage of ranking a request: features (online store read and batch"
+                " assembly), score (the model, memory reads included) or respond.",
+                ["stage"],
+                buckets=buckets,
+            ),
             "errors": Counter("longrec_rank_errors", "Rejected or failed rank requests.", ["kind"]),
             "flags": Counter("longrec_rank_flags", "Responses carrying a flag.", ["flag"]),
             "shard_latency": Histogram(
@@ -141,6 +148,9 @@ def build_ranker(
 
         metrics = RankerMetrics(
             observe_request=observe_request,
+            observe_stage=lambda stage, seconds: (
+                registry["stage_latency"].labels(stage=stage).observe(seconds)
+            ),
             count_flag=lambda flag: registry["flags"].labels(flag=flag).inc(),
         )
     if scorer.needs_memory:
