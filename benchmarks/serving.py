@@ -110,7 +110,7 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     shard call as the ranker sees it, and one gather inside a shard service."""
 
     def mean(*parts: str) -> float | None:
-        keys = [k for k in after if k.endswith("}") and all(p in k for p in parts)]
+        keys = [k for k in after if all(p in k for p in parts)]
         sums = sum(after[k] - before.get(k, 0.0) for k in keys if "_sum{" in k)
         counts = sum(after[k] - before.get(k, 0.0) for k in keys if "_count{" in k)
         return round(1000 * sums / counts, 2) if counts else None
