@@ -63,12 +63,17 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
                 raise _not_ready(self.error)
             return True
 
-        @bentoml.api
-        def gather(self, slots: np.ndarray) -> np.ndarray:
-            """Value rows [N, d_v] of global slot ids in this shard's range."""
+        def lookup(self, slots: np.ndarray) -> np.ndarray:
+            """Value rows [N, d_v] of global slot ids in this shard's range (the ranker's in-process path)."""
             if self.error:
                 raise bentoml.exceptions.ServiceUnavailable(self.error)
             return self.values.gather(slots)
+
+        @bentoml.api
+        async def gather(self, slots: np.ndarray) -> np.ndarray:
+            """``lookup`` served. Async, so it runs on the server's loop: the lookup takes well under a
+            millisecond, less than the hand-off to a worker thread that a sync API pays on every call."""
+            return self.lookup(slots)
 
     MemoryShard.__name__ = MemoryShard.__qualname__ = f"MemoryShard{index}"
     # The ranker's client times out at this service's traffic timeout; its own deadline is shorter.
@@ -193,8 +198,8 @@ def _gather_client(shard, owner: Ranker):
     coroutine is handed to that loop. In process, the dependency is the shard instance itself."""
 
     def gather(slots: np.ndarray) -> np.ndarray:
-        if owner.loop is None:
-            return shard.gather(slots=slots)
+        if owner.loop is None:  # in process (served, every request sets the loop before scoring)
+            return shard.lookup(slots)
         future = asyncio.run_coroutine_threadsafe(shard.to_async.gather(slots=slots), owner.loop)
         try:
             return future.result(timeout=CONFIG.shard_timeout_s)

@@ -365,7 +365,8 @@ def test_service_classes_in_process(world, service_module) -> None:
     expected = offline_logits(world, "lmn", 3, [5, 17, 3])
     np.testing.assert_allclose(sorted(i.logit for i in response.items), sorted(expected), atol=1e-5)
     shard = service.Ranker.dependencies["memory_shard_1"].on()
-    assert shard.gather(slots=np.array([128, 255])).shape == (2, 8)
+    assert shard.lookup(np.array([128, 255])).shape == (2, 8)
+    assert asyncio.run(shard.gather(slots=np.array([128, 255]))).shape == (2, 8)  # the served API
 
 
 def test_a_bento_served_by_dataset_logs_requests_to_the_rollout_folder(tmp_path: Path, monkeypatch) -> None:
