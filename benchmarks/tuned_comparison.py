@@ -10,6 +10,11 @@ The samples are built once (negatives from seed 0); a seed changes initialisatio
 Resumable: a model already in the JSON is kept (delete it to start over); a model under way keeps each
 finished tuning trial and seed run in ``<json>.progress.json``, and a restart with the same arguments
 trains only what is missing. Writes a .md beside the JSON.
+
+The seed runs can use a second core: ``--part fixed`` (any time) or ``--part tuned`` (once the study's
+trials are saved) with the same arguments trains only those runs of the listed ``--seeds``, each into
+``<json>.runs/<model>-<kind>-seed<N>.json``, while the study runs. A study started (or restarted) after
+such a file exists takes that run from it instead of training it again.
 """
 
 from __future__ import annotations
@@ -104,6 +109,11 @@ def main() -> None:
     parser.add_argument("--max-events", type=int, default=0, help="smoke runs only (0 = all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument(
+        "--part", choices=("all", "fixed", "tuned"), default="all",
+        help="all: tune, then every seed run; fixed / tuned: only those seed runs, into <json>.runs/ "
+        "(a second process beside a running study; tuned needs the study's trials saved)",
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -146,10 +156,39 @@ def main() -> None:
         progress_path.parent.mkdir(parents=True, exist_ok=True)
         progress_path.write_text(json.dumps(progress, indent=2))
 
+    side_runs = args.json.with_suffix(".runs")  # seed runs trained by a --part process
+
+    def side_run_path(name: str, kind: str, seed: int) -> Path:
+        return side_runs / f"{name}-{kind}-seed{seed}.json"
+
     for name in args.models.split(","):
         if name in models:
             continue
         done = progress.setdefault(name, {"trials": [], "fixed": [], "tuned": []})
+        if args.part != "all":
+            if args.part == "tuned" and len(done["trials"]) < args.budget:
+                raise SystemExit(
+                    f"{name}: {len(done['trials'])} of {args.budget} trials saved in {progress_path}; "
+                    "--part tuned needs the study's tuning finished"
+                )
+            settings = {}
+            if args.part == "tuned":
+                settings = tune_model(
+                    name, spec, splits["train"], splits["valid"], base, args.budget, progress=print,
+                    finished_trials=[TrialResult(**trial) for trial in done["trials"]],
+                    retrain_resumed_pick=False,
+                )[3].chosen.params  # fmt: skip
+            finished = {run["seed"] for run in done[args.part]}
+            for seed in seeds:
+                path = side_run_path(name, args.part, seed)
+                if seed in finished or path.is_file():
+                    continue
+                config, overrides = apply_settings(name, settings, dataclasses.replace(base, seed=seed))
+                run = train_and_test(name, spec, splits, config, overrides)
+                side_runs.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(run, indent=2))
+                print(f"{name} {args.part} seed {seed}: test AUC {run['test_auc']:.4f} -> {path}", flush=True)
+            continue
 
         def keep_trial(trial, done=done) -> None:
             done["trials"].append(dataclasses.asdict(trial))
@@ -164,8 +203,12 @@ def main() -> None:
         for kind, settings in (("fixed", {}), ("tuned", tuning.chosen.params)):
             runs = done[kind]
             for seed in seeds[len(runs) :]:
-                config, overrides = apply_settings(name, settings, dataclasses.replace(base, seed=seed))
-                runs.append(train_and_test(name, spec, splits, config, overrides))
+                path = side_run_path(name, kind, seed)
+                if path.is_file():  # trained by a --part process
+                    runs.append(json.loads(path.read_text()))
+                else:
+                    config, overrides = apply_settings(name, settings, dataclasses.replace(base, seed=seed))
+                    runs.append(train_and_test(name, spec, splits, config, overrides))
                 save_progress()
                 print(f"{name} {kind} seed {seed}: test AUC {runs[-1]['test_auc']:.4f}", flush=True)
             valid_at_tune_seed = tuning.trials[0].valid_auc if kind == "fixed" else tuning.chosen.valid_auc
@@ -178,6 +221,8 @@ def main() -> None:
             save_progress()
         else:
             progress_path.unlink(missing_ok=True)
+    if args.part != "all":
+        return
     text = table(payload)
     args.json.with_suffix(".md").write_text(text)
     print(text)
