@@ -256,7 +256,8 @@ def tune_model(
             f"tuning {model_name}: trial {index + 1}/{len(assignments)} {_short(assignment)} → "
             f"valid AUC {auc:.4f} (best {record.chosen.valid_auc:.4f}, trial {record.chosen_trial + 1})"
         )
-    record.seconds = round(time.perf_counter() - start, 2)
+    # A resumed search's time includes its resumed trials (trained by an earlier process).
+    record.seconds = round(sum(t.seconds for t in finished) + time.perf_counter() - start, 2)
     assert best is not None
     _, model, config, result = best
     # The chosen trial was resumed: train it again, from the same seed, for its weights.
