@@ -58,6 +58,7 @@ def training_curves_png(rows) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for row in trained:
@@ -76,6 +77,7 @@ def training_curves_png(rows) -> str | None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.5 tick
     return _png(figure)
 
 
