@@ -230,7 +230,14 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
     torch.manual_seed(0)
     overrides = LMN_PAPER_SCALE if name == "lmn" else {}
     model_dir = registry.parent / "trained" / f"{name}-L{length}"
-    write_model_dir(build_model(name, spec, overrides), model_dir)
+    model = build_model(name, spec, overrides)
+    if name == "lmn" and args.lmn_query_bias == "zero":
+        # A fresh LMN's query biases outweigh its item term: every item picks nearly the same rows and a
+        # request reads ~250 distinct slots. Zeroed, a request reads thousands, as a trained model's do.
+        with torch.no_grad():
+            model.query.item_projection.bias.zero_()
+            model.query.user_projection.bias.zero_()
+    write_model_dir(model, model_dir)
     tag = store_model_dir(registry, model_dir, f"longrec-bench-{name}-l{length}")
     config = prepare_serving(registry, tag, 2, repo)
     config.shard_timeout_s = 5.0  # measure, do not degrade
@@ -296,6 +303,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "median_history_length": median,
         "candidates": N_CANDIDATES,
         "memory_slots": overrides.get("memory_slots"),
+        "lmn_query_bias": args.lmn_query_bias if name == "lmn" else None,
         "shards": len(config.shard_tags),
         "compile": config.compile,
         "fused_attention": fused,  # DIN's attention (DIN, LMN) through longrec.kernels.din_attention
@@ -363,6 +371,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         metavar="DATASET",
         help="give the users real history lengths from this dataset (e.g. ml-100k) instead of full L; "
         "requests then cycle over 198 users and the bare figures are the median user's",
+    )
+    parser.add_argument(
+        "--lmn-query-bias",
+        choices=("random", "zero"),
+        default="random",
+        help="LMN's random query biases as drawn (each request reads ~250 distinct slots) or zeroed "
+        "(thousands, as a trained model reads; benchmarks/lmn_item_rows.py does the same)",
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
