@@ -75,7 +75,15 @@ def replayed_ab_after_run(
         # A salt fixed by the pair tested: the same models on the same replay split users the same way,
         # so a rerun of `make run` prints the same A/B (a random salt moved its outcome between runs).
         salt = hashlib.sha256(f"make-run:{control}:{candidate}".encode()).hexdigest()[:16]
-        experiment = rollout.start(candidate, control=control, traffic=traffic, salt=salt)
+        # The control is the replaced model (or this run's DIN), never production: start() warns a CLI
+        # user about exactly that, which here is the demo's design and said in its first line.
+        decide_log = logging.getLogger("longrec.rollout.decide")
+        level = decide_log.level
+        decide_log.setLevel(logging.ERROR)
+        try:
+            experiment = rollout.start(candidate, control=control, traffic=traffic, salt=salt)
+        finally:
+            decide_log.setLevel(level)
     except RolloutError as error:
         echo(f"A/B: not started: {error}")
         return None
@@ -104,7 +112,8 @@ def replayed_ab_after_run(
         # start one): end it without a verdict; production stays where it is.
         rollout.rollback(f"make run's replayed A/B ended after {max_steps} steps without a decision")
         echo(
-            f"  no decision within {max_steps} steps: experiment {experiment.id} rolled back, production unchanged"
+            f"  no decision within {max_steps} step{'s' if max_steps != 1 else ''}: "
+            f"experiment {experiment.id} rolled back, production unchanged"
         )
     return {"experiment_id": experiment.id, "status": run.final_status, "traffic": run.final_traffic,
             "steps": run.steps}  # fmt: skip
