@@ -357,3 +357,31 @@ def test_serving_sidecars_and_shard_models_are_not_tracks_or_versions(two_versio
         "metadata: {}\ncreation_time: '2026-01-01T00:00:00+00:00'\n"
     )
     assert all("memory-shard" not in row["tag"] for row in registry.list_models())
+
+
+def test_the_ab_demo_registers_this_runs_din_once(tmp_path):
+    """`make run`'s A/B demo tests a first production model against the run's DIN, which it registers;
+    calling the demo again on the same run reuses that version instead of adding duplicates."""
+    from longrec.pipeline.ab_demo import _control_for
+
+    def registry_with_candidate(root):
+        registry = ModelRegistry(root)
+        candidate_dir = make_model_dir(root.parent / f"{root.name}-imn", 0.8)
+        meta = json.loads((candidate_dir / "model_meta.json").read_text())
+        (candidate_dir / "model_meta.json").write_text(json.dumps({**meta, "model_name": "imn"}))
+        return registry, registry.register_and_promote(candidate_dir, dataset, expected_current=None)
+
+    dataset = make_dataset_dir(tmp_path / "ds")
+    make_model_dir(tmp_path / "kfp" / "train-din" / "train-model" / "model")
+    registry, candidate = registry_with_candidate(tmp_path / "registry")
+    said: list[str] = []
+    first, again = (
+        _control_for(registry, "ml-100k", candidate, tmp_path / "kfp", dataset, said.append) for _ in range(2)
+    )
+    assert first == again != candidate and len(said) == 2
+    assert [m["tag"] for m in registry.list_models("ml-100k") if m["model_name"] == "din"] == [first]
+    # Another registry does not hold the marked version: the demo registers the DIN there.
+    other, other_candidate = registry_with_candidate(tmp_path / "other")
+    there = _control_for(other, "ml-100k", other_candidate, tmp_path / "kfp", dataset, said.append)
+    assert other.stored(there).metadata["model_name"] == "din"
+    assert [m["tag"] for m in other.list_models("ml-100k") if m["model_name"] == "din"] == [there]

@@ -13,6 +13,9 @@ from pathlib import Path
 __all__ = ["replayed_ab_after_run"]
 
 
+AB_CONTROL_MARKER = "ab_control_tag.txt"
+
+
 def _control_for(registry, track: str, candidate: str, kfp_root: Path, events_dir: Path, echo) -> str | None:
     """The model the candidate is tested against: the one it replaced, else this run's DIN (registered)."""
     pointer = registry.production(track)
@@ -25,10 +28,28 @@ def _control_for(registry, track: str, candidate: str, kfp_root: Path, events_di
         if meta.is_file() and json.loads(meta.read_text()).get("model_name") == "din":
             if not (model_dir / "evaluation.json").is_file():  # the registry stores evaluated models
                 (model_dir / "evaluation.json").write_text(json.dumps({"test_metrics": {}}))
-            tag = registry.register(model_dir, events_dir)
+            tag = _registered_once(registry, model_dir, events_dir)
             echo(f"A/B: first production model for {track}: testing it against this run's DIN ({tag})")
             return tag
     return None
+
+
+def _registered_once(registry, model_dir: Path, events_dir: Path) -> str:
+    """This run's DIN as a registry version, registered on the demo's first call only: a marker beside the
+    model keeps its tag, so running the demo again on the same run adds no duplicate versions."""
+    from longrec.registry.store import RegistryError
+
+    marker = model_dir / AB_CONTROL_MARKER
+    if marker.is_file():
+        tag = marker.read_text().strip()
+        try:
+            registry.stored(tag)
+            return tag
+        except RegistryError:  # another registry, or the version was removed: register again
+            pass
+    tag = registry.register(model_dir, events_dir)
+    marker.write_text(tag + "\n")
+    return tag
 
 
 def replayed_ab_after_run(
