@@ -22,11 +22,13 @@ requests touch thousands, as a trained model's do (the count is printed).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -40,7 +42,15 @@ N_CANDIDATES = 100
 SLOTS = 1_048_576
 
 
-def measure(length: int, rounds: int, repeats: int) -> dict:
+def omp_threads_of_this_thread(threads: int) -> None:
+    """OpenMP keeps a thread count per thread: set the calling thread's only (torch.set_num_threads would
+    also change the count every later thread starts with). Tried for the ranker's reads thread, not kept."""
+    torch.get_num_threads()  # torch's lazy per-thread init first, or it would overwrite the count
+    ctypes.CDLL(None).omp_set_num_threads(threads)  # torch's libgomp, loaded globally
+    assert torch.get_num_threads() == threads
+
+
+def measure(length: int, rounds: int, repeats: int, reads_pool: bool = False) -> dict:
     from longrec.memory.sharded import ShardedMemory
     from longrec.models.registry import build_model
     from longrec.serving.demo import demo_spec
@@ -115,6 +125,19 @@ def measure(length: int, rounds: int, repeats: int) -> dict:
                 threads,
                 with_table(on, lambda: scorer.score(user_batch, candidate_batch)),
             )
+    if reads_pool:  # the ranker's reads thread on 1 or 2 OpenMP threads, the request thread on 2
+        for omp in (1, 2):
+            pool = ThreadPoolExecutor(4, initializer=omp_threads_of_this_thread, initargs=(omp,))
+
+            def score_with(pool=pool):
+                default, scorer._reads_pool, model._item_rows = scorer._reads_pool, pool, table
+                try:
+                    with torch.no_grad():
+                        scorer.score(user_batch, candidate_batch)
+                finally:
+                    scorer._reads_pool = default  # the other variants keep the ranker's own pool
+
+            variants[f"score_table_t2_reads_omp{omp}"] = (2, score_with)
     ms = timed(variants, rounds, repeats)
     row = {
         "L": length,
@@ -140,12 +163,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 1000])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--reads-pool-threads",
+        action="store_true",
+        help="also time the ranker's score with its reads thread on 1 and on 2 OpenMP threads (an idea "
+        "tried and not kept: benchmarks/results/reads_one_omp_thread/)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     threads_before = torch.get_num_threads()
     rows = []
     for length in args.lengths:
-        rows.append(measure(length, args.rounds, args.repeats))
+        rows.append(measure(length, args.rounds, args.repeats, args.reads_pool_threads))
         print(json.dumps(rows[-1]), flush=True)
     torch.set_num_threads(threads_before)
     print("\n| L | threads | reads: computed | table | ratio | ranker score: computed | table | ratio |")

@@ -9,7 +9,13 @@ front through each dependency's async client (pickle over HTTP on loopback, as t
 the twins alternating in rounds; each keeps the median of its round medians. Slot counts: about one
 shard's share of a request at L=50 (1,200 slots) and at L=1000 (8,800 slots), 100 candidates, K=16.
 
+`--twins` picks other comparisons, both async: `access-log` (BentoML's access log off on one twin) and
+`raw-route` (a raw-bytes Starlette route mounted on one twin, called through the dependency's aiohttp
+session, against the API). Neither was kept for the shards; the figures say why (README, Serving latency).
+
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shard_call.py --json benchmarks/results/shard_call.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shard_call.py --twins raw-route --slots 1200 2000 4000 8800 \\
+        --json benchmarks/results/shard_call_raw_route.json
 """
 
 from __future__ import annotations
@@ -27,45 +33,122 @@ from pathlib import Path
 
 import httpx
 
-SERVICES = """
+HEADER = """
 import statistics, time
 import bentoml
 import numpy as np
 
 TABLE = np.random.default_rng(0).random((524_288, 32), dtype=np.float32)
+"""
 
-
+# Each comparison: two shard twins (First, Second) and how the front calls each (awaitable of the ids).
+TWINS = {
+    # The API's kind: a sync API hands each call to a worker thread, an async one runs on the loop.
+    "sync-async": ("sync", "async", """
 @bentoml.service(workers=1)
-class SyncShard:
+class First:
     @bentoml.api
     def gather(self, slots: np.ndarray) -> np.ndarray:
         return TABLE[np.asarray(slots, dtype=np.int64)]
 
 
 @bentoml.service(workers=1)
-class AsyncShard:
+class Second:
+    @bentoml.api
+    async def gather(self, slots: np.ndarray) -> np.ndarray:
+        return TABLE[np.asarray(slots, dtype=np.int64)]
+
+
+async def call_first(front, ids):
+    return await front.first.to_async.gather(slots=ids)
+
+
+async def call_second(front, ids):
+    return await front.second.to_async.gather(slots=ids)
+"""),
+    # BentoML's access log off on one twin (both async).
+    "access-log": ("no_access_log", "access_log", """
+@bentoml.service(workers=1, logging={"access": {"enabled": False}})
+class First:
     @bentoml.api
     async def gather(self, slots: np.ndarray) -> np.ndarray:
         return TABLE[np.asarray(slots, dtype=np.int64)]
 
 
 @bentoml.service(workers=1)
+class Second:
+    @bentoml.api
+    async def gather(self, slots: np.ndarray) -> np.ndarray:
+        return TABLE[np.asarray(slots, dtype=np.int64)]
+
+
+async def call_first(front, ids):
+    return await front.first.to_async.gather(slots=ids)
+
+
+async def call_second(front, ids):
+    return await front.second.to_async.gather(slots=ids)
+"""),
+    # A raw-bytes route (a Starlette app mounted on the shard: int64 slots in, float32 rows out), called
+    # through the dependency's own aiohttp session, against the async API.
+    "raw-route": ("raw_route", "async_api", """
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+async def raw_gather(request: Request) -> Response:
+    ids = np.frombuffer(await request.body(), dtype=np.int64)
+    return Response(TABLE[ids].tobytes(), media_type="application/octet-stream")
+
+
+@bentoml.service(workers=1)
+@bentoml.asgi_app(Starlette(routes=[Route("/gather", raw_gather, methods=["POST"])]), path="/raw")
+class First:
+    @bentoml.api
+    async def gather(self, slots: np.ndarray) -> np.ndarray:
+        return TABLE[np.asarray(slots, dtype=np.int64)]
+
+
+@bentoml.service(workers=1)
+class Second:
+    @bentoml.api
+    async def gather(self, slots: np.ndarray) -> np.ndarray:
+        return TABLE[np.asarray(slots, dtype=np.int64)]
+
+
+async def call_first(front, ids):
+    session = await front.first.to_async._session_manager.get_session()  # BentoML 1.4's aiohttp session
+    async with session.post("/raw/gather", data=ids.astype(np.int64).tobytes()) as answer:
+        body = await answer.read()
+    return np.frombuffer(body, dtype=np.float32).reshape(-1, 32)
+
+
+async def call_second(front, ids):
+    return await front.second.to_async.gather(slots=ids)
+"""),
+}
+
+FRONT = """
+
+@bentoml.service(workers=1)
 class Front:
-    sync_shard = bentoml.depends(SyncShard)
-    async_shard = bentoml.depends(AsyncShard)
+    first = bentoml.depends(First)
+    second = bentoml.depends(Second)
 
     @bentoml.api
     async def bench(self, slots: int = 1200, calls: int = 100, rounds: int = 5) -> dict:
         ids = np.random.default_rng(slots).integers(0, len(TABLE), slots)
-        medians = {"sync": [], "async": []}
+        medians = {"first": [], "second": []}
         for _ in range(rounds):
-            for name, shard in (("sync", self.sync_shard), ("async", self.async_shard)):
+            for name, call in (("first", call_first), ("second", call_second)):
                 for _ in range(5):  # warm the connection
-                    await shard.to_async.gather(slots=ids)
+                    await call(self, ids)
                 times = []
                 for _ in range(calls):
                     started = time.perf_counter()
-                    rows = await shard.to_async.gather(slots=ids)
+                    rows = await call(self, ids)
                     times.append(time.perf_counter() - started)
                 assert rows.shape == (slots, 32)
                 medians[name].append(statistics.median(times) * 1e3)
@@ -86,13 +169,19 @@ def main() -> None:
     parser.add_argument("--slots", type=int, nargs="+", default=[1200, 8800])
     parser.add_argument("--calls", type=int, default=100, help="calls per round and twin")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--twins", choices=tuple(TWINS), default="sync-async",
+        help="what the two shard twins differ in: the API's kind (the default), BentoML's access log, "
+        "or a raw-bytes route against the API",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "BENTOML_DO_NOT_TRACK": "True"}
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "shard_twins.py").write_text(SERVICES)
+        first, second, twins = TWINS[args.twins]
+        Path(folder, "shard_twins.py").write_text(HEADER + twins + FRONT)
         bentoml = Path(sys.executable).with_name("bentoml")
         server = subprocess.Popen(
             [str(bentoml), "serve", "shard_twins:Front", "--port", str(port), "--host", "127.0.0.1"],
@@ -117,23 +206,26 @@ def main() -> None:
                     json={"slots": slots, "calls": args.calls, "rounds": args.rounds},
                     timeout=600,
                 ).json()
-                rows.append({"slots": slots, "sync_ms": round(answer["sync"], 3), "async_ms": round(answer["async"], 3),
-                             "sync_over_async": round(answer["sync"] / answer["async"], 2)})  # fmt: skip
+                rows.append({"slots": slots, f"{first}_ms": round(answer["first"], 3),
+                             f"{second}_ms": round(answer["second"], 3),
+                             f"{first}_over_{second}": round(answer["first"] / answer["second"], 2)})  # fmt: skip
         finally:
             server.terminate()
             server.wait(timeout=30)
 
-    print("| slots per call | sync API round trip (median) | async API | sync / async |")
+    print(f"| slots per call | {first} round trip (median) | {second} | {first} / {second} |")
     print("|---|---|---|---|")
     for row in rows:
         print(
-            f"| {row['slots']:,} | {row['sync_ms']:.2f} ms | {row['async_ms']:.2f} ms | {row['sync_over_async']:.2f}x |"
+            f"| {row['slots']:,} | {row[f'{first}_ms']:.2f} ms | {row[f'{second}_ms']:.2f} ms | "
+            f"{row[f'{first}_over_{second}']:.2f}x |"
         )
     if args.json:
         result = {
             "command": " ".join(["benchmarks/shard_call.py", *sys.argv[1:]]),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "twins": args.twins,
             "calls": args.calls,
             "rounds": args.rounds,
             "rows": rows,
