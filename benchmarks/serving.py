@@ -99,7 +99,8 @@ def metric_totals(url: str) -> dict[str, float]:
     totals = {}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         name, _, value = line.rpartition(" ")
-        if not line.startswith("#") and ("_sum{" in name or "_count{" in name):
+        gc_bucket = name.startswith("longrec_gc_pause_seconds_bucket") and 'le="0.001"' in name
+        if not line.startswith("#") and ("_sum{" in name or "_count{" in name or gc_bucket):
             totals[name] = float(value)
     return totals
 
@@ -107,7 +108,8 @@ def metric_totals(url: str) -> dict[str, float]:
 def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Mean milliseconds per request of each part the services measure, over the requests between the two
     /metrics snapshots: the ranker's HTTP request (BentoML's own histogram), ``rank()``, its stages, one
-    shard call as the ranker sees it, and one gather inside a shard service."""
+    shard call as the ranker sees it, one gather inside a shard service, and the ranker's garbage-collector
+    pauses (their total per request, and how many passes took over 1 ms)."""
 
     def mean(*parts: str) -> float | None:
         keys = [k for k in after if all(p in k for p in parts)]
@@ -122,6 +124,16 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
         "shard_call": mean("longrec_memory_shard_latency_seconds"),
         "inside_shard": mean("bentoml_service_request_duration_seconds", 'endpoint="/gather"'),
     }
+
+    # The ranker's garbage-collector pauses: total ms per request, and how many passes took over 1 ms.
+    def delta(prefix: str) -> float:
+        return sum(after[k] - before.get(k, 0.0) for k in after if k.startswith(prefix))
+
+    requests = delta("longrec_rank_latency_seconds_count")
+    if requests:
+        parts["gc"] = round(1000 * delta("longrec_gc_pause_seconds_sum") / requests, 3)
+        passes = delta("longrec_gc_pause_seconds_count") - delta("longrec_gc_pause_seconds_bucket")
+        parts["gc_passes_over_1ms"] = passes
     return {key: value for key, value in parts.items() if value is not None}
 
 
@@ -404,12 +416,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"{r['compiled_split_p50_ms']:.1f} ms | {endpoint} | {r[prefix + 'p50_ms']:.1f} ms | "
                   f"{r[prefix + 'p99_ms']:.1f} ms | {r[prefix + 'overhead']:.2f}x | "
                   f"{r[prefix + 'throughput_rps_cN']:.0f} | {r[prefix + 'p99_ms_cN']:.0f} ms |")  # fmt: skip
-    columns = ("http", "rank", *STAGES, "shard_call", "inside_shard")
+    columns = ("http", "rank", *STAGES, "shard_call", "inside_shard", "gc", "gc_passes_over_1ms")
     print("\nWhere /rank's time went (one client; means in ms; the services' own /metrics):\n")
     print("| model | L | client | " + " | ".join(columns) + " |\n" + "|---" * (3 + len(columns)) + "|")
     for r in rows:
         if r["breakdown_ms"]:
-            cells = " | ".join(f"{r['breakdown_ms'].get(c, float('nan')):.1f}" for c in columns)
+            digits = {"gc": 3, "gc_passes_over_1ms": 0}  # gc: a few µs per request; passes: a count
+            cells = " | ".join(
+                f"{r['breakdown_ms'].get(c, float('nan')):.{digits.get(c, 1)}f}" for c in columns
+            )
             print(f"| {r['model']} | {r['L']} | {r['served_mean_ms']:.1f} | {cells} |")
     if args.json:
         payload = {

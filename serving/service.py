@@ -22,7 +22,13 @@ import numpy as np
 
 from longrec.serving.config import DEFAULT_SHARDS, ServingConfig, load_serving_config
 from longrec.serving.schemas import RankRequest, RankResponse
-from longrec.serving.service_support import BodyGuard, quiet_threads, serving_metrics, set_ranker_threads
+from longrec.serving.service_support import (
+    BodyGuard,
+    quiet_threads,
+    serving_metrics,
+    set_ranker_threads,
+    watch_gc_pauses,
+)
 
 logger = logging.getLogger("longrec.serving")
 
@@ -114,6 +120,7 @@ class Ranker:
             self.error = f"ranker for {CONFIG.model_tag} failed to load: {error}"
             logger.error(self.error)
         LOAD_ERROR["reason"] = self.error  # /rank answers 503 with it (BodyGuard)
+        watch_gc_pauses()
 
     @functools.cached_property
     def dependencies_are_remote(self) -> bool:

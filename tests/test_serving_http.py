@@ -103,6 +103,7 @@ def test_metrics_count_requests_latency_flags_and_shards(server) -> None:
         "longrec_rank_errors_total",
         'longrec_rank_flags_total{flag="unknown_user"}',
         'longrec_memory_shard_latency_seconds_bucket{le="0.001",shard="1"}',
+        'longrec_gc_pause_seconds_count{generation="0"}',  # the collector has run since start-up
         *(
             f'longrec_rank_stage_seconds_count{{stage="{stage}"}}'
             for stage in ("features", "score", "respond")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ __all__ = [
     "serving_metrics",
     "set_ranker_threads",
     "usable_cpus",
+    "watch_gc_pauses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 candidates and a 10,000-event override fit in well under it
 
 _METRICS: dict | None = None
+_GC_WATCHED = False
 
 
 def usable_cpus(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
@@ -53,6 +56,27 @@ def quiet_threads(threads: int = 1) -> int:
     threads = threads if threads > 0 else usable_cpus()
     torch.set_num_threads(threads)
     return threads
+
+
+def watch_gc_pauses() -> None:
+    """Observe every garbage-collector pass of this process in ``longrec_gc_pause_seconds`` (once per
+    process): the pauses are invisible in the request stages yet land inside some requests."""
+    import gc
+
+    global _GC_WATCHED
+    if _GC_WATCHED:
+        return
+    histogram = serving_metrics()["gc_pause"]
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            histogram.labels(generation=str(info["generation"])).observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    _GC_WATCHED = True
 
 
 def serving_metrics() -> dict:
@@ -86,6 +110,13 @@ def serving_metrics() -> dict:
             # multiprocess_mode: BentoML collects metrics across processes; one ranker worker sets it.
             "threads": Gauge(
                 "longrec_ranker_torch_threads", "The ranker's intra-op threads.", multiprocess_mode="max"
+            ),
+            "gc_pause": Histogram(
+                "longrec_gc_pause_seconds",
+                "One pass of Python's garbage collector in the ranker process (it stops every thread"
+                " that needs the interpreter), by generation.",
+                ["generation"],
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
             ),
             "fused_attention": Gauge(
                 "longrec_ranker_fused_attention",
