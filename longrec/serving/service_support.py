@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = [
     "BodyGuard",
     "MAX_BODY_BYTES",
     "build_ranker",
+    "flush_gc_pauses",
     "quiet_threads",
     "serving_metrics",
     "set_ranker_threads",
@@ -32,6 +34,7 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 candidates and a 10,000-event override 
 
 _METRICS: dict | None = None
 _GC_WATCHED = False
+_GC_PAUSES: deque[tuple[int, float]] = deque(maxlen=100_000)  # (generation, seconds), until flushed
 
 
 def usable_cpus(cpu_max: str | Path = "/sys/fs/cgroup/cpu.max") -> int:
@@ -59,24 +62,39 @@ def quiet_threads(threads: int = 1) -> int:
 
 
 def watch_gc_pauses() -> None:
-    """Observe every garbage-collector pass of this process in ``longrec_gc_pause_seconds`` (once per
-    process): the pauses are invisible in the request stages yet land inside some requests."""
+    """Time every garbage-collector pass of this process (once per process); ``flush_gc_pauses`` puts them
+    in ``longrec_gc_pause_seconds``. The pauses are invisible in the request stages yet land inside some
+    requests.
+
+    The callback only appends to a deque: a collection can start inside a metric update, while that thread
+    holds prometheus' multiprocess lock (not reentrant), so observing a metric from the callback would
+    deadlock the thread. It did: two threads observing metrics hung within seconds."""
     import gc
 
     global _GC_WATCHED
     if _GC_WATCHED:
         return
-    histogram = serving_metrics()["gc_pause"]
-    started: list[float] = [0.0]
+    started = [0.0]
 
     def on_gc(phase: str, info: dict) -> None:
         if phase == "start":
             started[0] = time.perf_counter()
         else:
-            histogram.labels(generation=str(info["generation"])).observe(time.perf_counter() - started[0])
+            _GC_PAUSES.append((info["generation"], time.perf_counter() - started[0]))
 
     gc.callbacks.append(on_gc)
     _GC_WATCHED = True
+
+
+def flush_gc_pauses() -> None:
+    """Observe the garbage-collector passes timed since the last flush (the ranker calls it per request)."""
+    histogram = serving_metrics()["gc_pause"]
+    while True:
+        try:
+            generation, seconds = _GC_PAUSES.popleft()
+        except IndexError:
+            return
+        histogram.labels(generation=str(generation)).observe(seconds)
 
 
 def serving_metrics() -> dict:
@@ -171,6 +189,7 @@ def build_ranker(
         def observe_request(arm: str, seconds: float) -> None:
             registry["requests"].labels(arm=arm, model=scorer.name).inc()
             registry["latency"].labels(arm=arm).observe(seconds)
+            flush_gc_pauses()
 
         def on_shard_call(shard: int, seconds: float, ok: bool) -> None:
             registry["shard_latency"].labels(shard=str(shard)).observe(seconds)
