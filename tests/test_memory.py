@@ -111,6 +111,48 @@ def test_sharded_reads_equal_unsharded(n_shards: int) -> None:
     torch.testing.assert_close(sharded.gather(slots), memory.values.weight.detach()[slots])
 
 
+def test_remote_reads_fetch_each_slot_once_and_read_a_failed_shard_as_zero() -> None:
+    """The served memory (value rows behind shard clients) reads what the local shards read; with a shard
+    down, exactly its slots read as zero rows and the read is flagged degraded."""
+    import numpy as np
+
+    from longrec.serving.memory import MemoryIndex, RemoteShardedMemory
+
+    local = ShardedMemory.from_memory(make_memory(), 2)
+    index = MemoryIndex(
+        local.config, local.row_keys, local.col_keys, [{"start": a, "stop": b} for a, b in local.ranges]
+    )
+    asked: list[np.ndarray] = []
+
+    def client(shard: int):
+        def gather(slots: np.ndarray) -> np.ndarray:
+            asked.append(slots)
+            return local.shards[shard].numpy()[slots - local.ranges[shard][0]]
+
+        return gather
+
+    def dead(slots: np.ndarray) -> np.ndarray:
+        raise ConnectionError("shard 1 is down")
+
+    row_q, col_q = queries(7)
+    healthy = RemoteShardedMemory(index, [client(0), client(1)], timeout_s=5.0)
+    torch.testing.assert_close(healthy(row_q, col_q), local(row_q, col_q))
+    assert not healthy.degraded and len(asked) == 2  # one call per shard
+    for slots in asked:  # each distinct slot once, in its shard's range
+        assert len(np.unique(slots)) == len(slots)
+    assert {int(s) for a in asked for s in a} == {int(s) for s in local.read_topk(
+        *local.row_topk(row_q), *local.col_topk(col_q))[1].reshape(-1)}  # fmt: skip
+
+    degraded = RemoteShardedMemory(index, [client(0), dead], timeout_s=5.0)
+    zeroed = ShardedMemory(
+        local.config, local.row_keys, local.col_keys,
+        [local.shards[0], torch.zeros_like(local.shards[1])], local.ranges,
+    )  # fmt: skip
+    reads = degraded(row_q, col_q)
+    torch.testing.assert_close(reads, zeroed(row_q, col_q))
+    assert degraded.degraded and not torch.allclose(reads, local(row_q, col_q))  # shard 1 was read from
+
+
 def test_shard_files_roundtrip(tmp_path) -> None:
     memory = make_memory()
     manifest_path = save_memory_shards(memory, tmp_path / "mem", 3)

@@ -136,9 +136,15 @@ def select_slots(
     return torch.softmax(scores, dim=-1), slots
 
 
-def combine_rows(weights: Tensor, rows: Tensor) -> Tensor:
-    """Σ over heads and slots of weight · value row: weights [Q, H, K], rows [Q, H, K, D] → [Q, D]."""
-    return (weights.unsqueeze(-1).to(rows.dtype) * rows).sum(dim=(1, 2))
+def combine_distinct_rows(weights: Tensor, rows: Tensor, inverse: Tensor) -> Tensor:
+    """Σ over heads and slots of weight · value row, for a reader that fetched each distinct slot once:
+    weights [Q, H, K], rows [U, D] of the U distinct slots, inverse [Q, H, K] (each selection's row in
+    ``rows``) → [Q, D]. One ``embedding_bag`` pass, as the reference read: the [Q, H, K, D] rows of every
+    selection are never built (at L=1000 that copy, product and sum cost more than the rest of the read)."""
+    q = weights.shape[0]
+    return F.embedding_bag(
+        inverse.reshape(q, -1), rows, per_sample_weights=weights.reshape(q, -1).to(rows.dtype), mode="sum"
+    )
 
 
 def pkm_read_reference(

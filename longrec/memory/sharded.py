@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from longrec.kernels.pkm import combine_rows, select_slots
+from longrec.kernels.pkm import combine_distinct_rows, select_slots
 from longrec.memory.product_keys import MemoryConfig, ProductKeyMemory, axis_topk
 
 __all__ = [
@@ -88,16 +88,26 @@ class ShardedMemory:
     def n_shards(self) -> int:
         return len(self.shards)
 
+    def shard_pieces(self, distinct: Tensor) -> list[tuple[int, int, int]]:
+        """(shard, begin, end) for sorted distinct slot ids: shards hold contiguous ranges, so each shard's
+        slots are one run ``distinct[begin:end]`` of the sorted ids (empty runs included)."""
+        edges = [0, *torch.searchsorted(distinct, self._bounds).tolist(), len(distinct)]
+        return [(shard, edges[shard], edges[shard + 1]) for shard in range(len(edges) - 1)]
+
+    def gather_distinct(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """(rows [U, d_v] of the U distinct slot ids, in sorted id order; inverse, shaped like ``slots``:
+        each slot's row in ``rows``). Each distinct slot is fetched once, from the shard holding it."""
+        distinct, inverse = torch.unique(slots.reshape(-1), return_inverse=True)
+        rows = distinct.new_empty((len(distinct), self.config.value_dim), dtype=self.shards[0].dtype)
+        for shard, begin, end in self.shard_pieces(distinct):
+            start = self.ranges[shard][0]
+            rows[begin:end] = self.shards[shard].index_select(0, distinct[begin:end] - start)
+        return rows, inverse.view(slots.shape)
+
     def gather(self, slots: Tensor) -> Tensor:
         """Value rows for any-shaped slot ids: [..., d_v], each fetched from the shard holding it."""
-        flat = slots.reshape(-1)
-        owner = torch.bucketize(flat, self._bounds, right=True)
-        rows = flat.new_empty((flat.shape[0], self.config.value_dim), dtype=self.shards[0].dtype)
-        for index, ((start, _), shard) in enumerate(zip(self.ranges, self.shards, strict=True)):
-            here = (owner == index).nonzero().squeeze(-1)
-            if here.numel():
-                rows[here] = shard.index_select(0, flat[here] - start)
-        return rows.view(*slots.shape, self.config.value_dim)
+        rows, inverse = self.gather_distinct(slots)
+        return rows.index_select(0, inverse.reshape(-1)).view(*slots.shape, self.config.value_dim)
 
     @torch.no_grad()
     def read_topk(
@@ -105,7 +115,8 @@ class ShardedMemory:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Same contract as ``ProductKeyMemory.read_topk``: (reads [N, d_v], slots, weights [N, H, K])."""
         weights, slots = select_slots(row_top, row_idx, col_top, col_idx, self.config.n_rows)
-        return combine_rows(weights, self.gather(slots)), slots, weights  # rows from their shards
+        rows, inverse = self.gather_distinct(slots)  # each distinct slot once, from its shard
+        return combine_distinct_rows(weights, rows, inverse), slots, weights
 
     @torch.no_grad()
     def row_topk(self, row_query: Tensor) -> tuple[Tensor, Tensor]:

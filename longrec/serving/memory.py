@@ -167,28 +167,28 @@ class RemoteShardedMemory(ShardedMemory):
             if self.on_shard_call is not None:
                 self.on_shard_call(shard, time.perf_counter() - started, ok)
 
-    def gather(self, slots: Tensor) -> Tensor:
-        """Value rows [..., d_v]: each distinct slot fetched once from its shard; missing shards read 0."""
-        flat = slots.reshape(-1)
-        unique, inverse = torch.unique(flat, return_inverse=True)
-        owner = torch.bucketize(unique, self._bounds, right=True)
-        rows = torch.zeros(len(unique), self.config.value_dim, dtype=torch.float32)
+    def gather_distinct(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """``ShardedMemory.gather_distinct`` over the shard services: one call per shard (in parallel, under
+        one deadline) with that shard's distinct slots; a shard that is down or late reads 0."""
+        distinct, inverse = torch.unique(slots.reshape(-1), return_inverse=True)
+        rows = torch.zeros(len(distinct), self.config.value_dim, dtype=torch.float32)
         now = time.monotonic()
         futures = {}
-        for shard in range(self.n_shards):
-            here = (owner == shard).nonzero().squeeze(-1)
-            if not here.numel():
+        for shard, begin, end in self.shard_pieces(distinct):
+            if begin == end:
                 continue
             if now < self._down_until[shard]:
                 self.degraded = True
                 continue
-            futures[shard] = (here, self._pool.submit(self._call, shard, unique[here].numpy()))
+            future = self._pool.submit(self._call, shard, distinct[begin:end].numpy())
+            futures[shard] = (begin, end, future)
         deadline = time.monotonic() + self.timeout_s
-        for shard, (here, future) in futures.items():
+        for shard, (begin, end, future) in futures.items():
+            left = max(deadline - time.monotonic(), 0.0)
             try:
-                rows[here] = torch.from_numpy(future.result(timeout=max(deadline - time.monotonic(), 0.0)))
+                rows[begin:end] = torch.from_numpy(future.result(timeout=left))
             except (FutureTimeout, Exception) as error:  # any failure of one shard degrades, never fails
                 self.degraded = True
                 self._down_until[shard] = time.monotonic() + self.retry_after_s
                 logger.warning("memory shard %d unavailable (%s): its slots read as zero", shard, error)
-        return rows.index_select(0, inverse).view(*slots.shape, self.config.value_dim)
+        return rows, inverse.view(slots.shape)
