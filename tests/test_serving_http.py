@@ -74,6 +74,10 @@ def test_bad_bodies_are_4xx_naming_the_field(server, body, status, field) -> Non
     response = rank(server, body)
     assert response.status_code == status, response.text
     assert field in response.text
+    # One shape for every rejection: an object whose "error" says what is wrong (BentoML alone answers
+    # the model's own rejections, e.g. an unknown item id, as a one-element list).
+    answer = response.json()
+    assert isinstance(answer, dict) and isinstance(answer["error"], str), answer
 
 
 def test_oversized_non_json_and_pickle_bodies_are_rejected(server) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "build_ranker",
     "flush_gc_pauses",
+    "one_error_object",
     "quiet_threads",
     "serving_metrics",
     "set_ranker_threads",
@@ -251,10 +252,49 @@ def build_ranker(
     return Ranker(scorers, features, metrics, hooks, trim_history=config.trim_history_padding)
 
 
+def one_error_object(send):
+    """An ASGI ``send`` that answers every 4xx error as one JSON object, ``{"error": ...}``.
+
+    BentoML 1.4 answers the 4xx exceptions an API raises (``InvalidArgument``: an unknown item id, say) as
+    a one-element list, ``[{"error": ...}]`` (a stray comma in its handler), and its own validation errors
+    as an object. Clients would have to parse both shapes, so this unwraps the list. Other responses pass
+    through untouched."""
+    import json
+
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def wrapped(message: dict) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            start = message  # held until the body is complete
+            return
+        if start is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        only = parsed[0] if isinstance(parsed, list) and len(parsed) == 1 else None
+        if isinstance(only, dict) and "error" in only:
+            body = json.dumps(only).encode()
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
 class BodyGuard:
     """ASGI middleware for the ranker: POST bodies must be JSON and at most ``max_bytes``; else 415/413.
     While ``unavailable()`` gives a reason (the model failed to load), requests get 503 with that reason:
-    BentoML itself would answer any 5xx with a generic "unexpected error" and hide it."""
+    BentoML itself would answer any 5xx with a generic "unexpected error" and hide it. Every 4xx body is
+    one JSON object with an ``error`` field (``one_error_object``)."""
 
     def __init__(
         self,
@@ -310,7 +350,7 @@ class BodyGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.app(scope, replay, one_error_object(send))
 
     @staticmethod
     async def _reject(send, status: int, message: str) -> None:
