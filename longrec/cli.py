@@ -409,7 +409,7 @@ def serve(
     )
     try:
         process.start()
-        process.wait_ready(timeout=180)
+        process.wait_ready()
         typer.echo(f"ready: POST {process.url}/rank  (GET /healthz /readyz /metrics; Ctrl-C stops)")
         process.process.wait()
     except KeyboardInterrupt:

@@ -18,9 +18,14 @@ import httpx
 from longrec.serving.config import CONFIG_ENV, ServingConfig
 from longrec.serving.package import REPO_ROOT, bento_environment
 
-__all__ = ["ServeProcess", "ServeError"]
+__all__ = ["READY_TIMEOUT_S", "ServeProcess", "ServeError"]
 
 logger = logging.getLogger(__name__)
+
+# How long to wait for /readyz. A ranker compiles its scoring path before it is ready: make run's fresh
+# IMN took 49.6 s on a 2-core machine, and with make test's second worker beside it a 90 s wait ran out.
+# A process that dies is reported at once, so a long wait costs nothing when start-up fails.
+READY_TIMEOUT_S = 300.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,7 +104,7 @@ class ServeProcess:
         except httpx.HTTPError:
             return None
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Block until /readyz is 200; ServeError if the process exits or the time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
