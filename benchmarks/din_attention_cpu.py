@@ -48,6 +48,20 @@ def timed(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
     return {name: round(statistics.median(values), 2) for name, values in medians.items()}
 
 
+def write_results(path: str | Path, script: str, argv: list[str] | None, rows: list[dict], **extra) -> None:
+    """An in-process benchmark's result file: the command that wrote it, the machine, the time, ``extra``
+    (e.g. what the weights are) and the rows."""
+    payload = {
+        "command": f"OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/{script} "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+        "rows": rows,
+    }
+    Path(path).write_text(json.dumps(payload, indent=2))
+
+
 @torch.no_grad()
 def measure(length: int, rounds: int, repeats: int) -> dict:
     from longrec.kernels.din_attention import fused_scores
@@ -143,19 +157,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r[f'din_score_fused_compiled_t{t}']:.2f} ms | {r[f'din_score_speedup_t{t}']:.2f}x |"
             )
     if args.json:
-        payload = {
-            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/din_attention_cpu.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-            },
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "weights": "random (the cost does not depend on them)",
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        write_results(
+            args.json, "din_attention_cpu.py", argv, rows, weights="random (the cost does not depend on them)"
+        )
     return rows
 
 

@@ -25,17 +25,13 @@ import argparse
 import ctypes
 import json
 import os
-import platform
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from din_attention_cpu import timed  # noqa: E402  (alternating rounds, median of medians)
+from din_attention_cpu import timed, write_results  # noqa: E402  (alternating rounds, median of medians)
 
 N_ITEMS = 20_000
 N_CANDIDATES = 100
@@ -187,19 +183,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r[f'score_table_t{t}']:.2f} ms | {r[f'score_speedup_t{t}']:.2f}x |"
             )
     if args.json:
-        payload = {
-            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/lmn_item_rows.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-            },
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "weights": "random, query biases zeroed (see the module doc)",
-            "rows": rows,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        write_results(
+            args.json,
+            "lmn_item_rows.py",
+            argv,
+            rows,
+            weights="random, query biases zeroed (see the module doc)",
+        )
     return rows
 
 

@@ -41,7 +41,26 @@ import numpy as np
 TABLE = np.random.default_rng(0).random((524_288, 32), dtype=np.float32)
 """
 
-# Each comparison: two shard twins (First, Second) and how the front calls each (awaitable of the ids).
+# Every comparison's Second twin is the async API, called through the dependency's client.
+SECOND = """
+
+@bentoml.service(workers=1)
+class Second:
+    @bentoml.api
+    async def gather(self, slots: np.ndarray) -> np.ndarray:
+        return TABLE[np.asarray(slots, dtype=np.int64)]
+
+
+async def call_second(front, ids):
+    return await front.second.to_async.gather(slots=ids)
+"""
+CALL_FIRST_API = """
+
+async def call_first(front, ids):
+    return await front.first.to_async.gather(slots=ids)
+"""
+
+# Each comparison: its First twin and how the front calls it (an awaitable of the ids); Second is SECOND.
 TWINS = {
     # The API's kind: a sync API hands each call to a worker thread, an async one runs on the loop.
     "sync-async": ("sync", "async", """
@@ -50,22 +69,7 @@ class First:
     @bentoml.api
     def gather(self, slots: np.ndarray) -> np.ndarray:
         return TABLE[np.asarray(slots, dtype=np.int64)]
-
-
-@bentoml.service(workers=1)
-class Second:
-    @bentoml.api
-    async def gather(self, slots: np.ndarray) -> np.ndarray:
-        return TABLE[np.asarray(slots, dtype=np.int64)]
-
-
-async def call_first(front, ids):
-    return await front.first.to_async.gather(slots=ids)
-
-
-async def call_second(front, ids):
-    return await front.second.to_async.gather(slots=ids)
-"""),
+""" + CALL_FIRST_API),
     # BentoML's access log off on one twin (both async).
     "access-log": ("no_access_log", "access_log", """
 @bentoml.service(workers=1, logging={"access": {"enabled": False}})
@@ -73,22 +77,7 @@ class First:
     @bentoml.api
     async def gather(self, slots: np.ndarray) -> np.ndarray:
         return TABLE[np.asarray(slots, dtype=np.int64)]
-
-
-@bentoml.service(workers=1)
-class Second:
-    @bentoml.api
-    async def gather(self, slots: np.ndarray) -> np.ndarray:
-        return TABLE[np.asarray(slots, dtype=np.int64)]
-
-
-async def call_first(front, ids):
-    return await front.first.to_async.gather(slots=ids)
-
-
-async def call_second(front, ids):
-    return await front.second.to_async.gather(slots=ids)
-"""),
+""" + CALL_FIRST_API),
     # A raw-bytes route (a Starlette app mounted on the shard: int64 slots in, float32 rows out), called
     # through the dependency's own aiohttp session, against the async API.
     "raw-route": ("raw_route", "async_api", """
@@ -111,22 +100,11 @@ class First:
         return TABLE[np.asarray(slots, dtype=np.int64)]
 
 
-@bentoml.service(workers=1)
-class Second:
-    @bentoml.api
-    async def gather(self, slots: np.ndarray) -> np.ndarray:
-        return TABLE[np.asarray(slots, dtype=np.int64)]
-
-
 async def call_first(front, ids):
     session = await front.first.to_async._session_manager.get_session()  # BentoML 1.4's aiohttp session
     async with session.post("/raw/gather", data=ids.astype(np.int64).tobytes()) as answer:
         body = await answer.read()
     return np.frombuffer(body, dtype=np.float32).reshape(-1, 32)
-
-
-async def call_second(front, ids):
-    return await front.second.to_async.gather(slots=ids)
 """),
 }
 
@@ -181,7 +159,7 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         first, second, twins = TWINS[args.twins]
-        Path(folder, "shard_twins.py").write_text(HEADER + twins + FRONT)
+        Path(folder, "shard_twins.py").write_text(HEADER + twins + SECOND + FRONT)
         bentoml = Path(sys.executable).with_name("bentoml")
         server = subprocess.Popen(
             [str(bentoml), "serve", "shard_twins:Front", "--port", str(port), "--host", "127.0.0.1"],

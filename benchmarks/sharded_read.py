@@ -27,14 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from din_attention_cpu import timed  # noqa: E402  (alternating rounds, median of medians)
+from din_attention_cpu import timed, write_results  # noqa: E402  (alternating rounds, median of medians)
 
 SLOTS = 1_048_576
 CANDIDATES = 100
@@ -144,19 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{r[f'after_t{t}']:.2f} ms | {r[f'speedup_t{t}']:.2f}x |"
             )
     if args.json:
-        payload = {
-            "command": "OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/sharded_read.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-            },
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "rows": rows,
-        }
-        with open(args.json, "w") as handle:
-            json.dump(payload, handle, indent=2)
+        write_results(args.json, "sharded_read.py", argv, rows)
     return rows
 
 

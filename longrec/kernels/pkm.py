@@ -139,8 +139,8 @@ def select_slots(
 def combine_distinct_rows(weights: Tensor, rows: Tensor, inverse: Tensor) -> Tensor:
     """Σ over heads and slots of weight · value row, for a reader that fetched each distinct slot once:
     weights [Q, H, K], rows [U, D] of the U distinct slots, inverse [Q, H, K] (each selection's row in
-    ``rows``) → [Q, D]. One ``embedding_bag`` pass, as the reference read: the [Q, H, K, D] rows of every
-    selection are never built (at L=1000 that copy, product and sum cost more than the rest of the read)."""
+    ``rows``) → [Q, D]. One ``embedding_bag`` pass gathers and sums: the [Q, H, K, D] rows of every
+    selection are never built. The reference read passes the whole value table with the slot ids."""
     q = weights.shape[0]
     return F.embedding_bag(
         inverse.reshape(q, -1), rows, per_sample_weights=weights.reshape(q, -1).to(rows.dtype), mode="sum"
@@ -158,13 +158,12 @@ def pkm_read_reference(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pure-torch read: inputs [Q, H, K]; returns (out [Q, D] summed over heads, slots, weights [Q, H, K])."""
     weights, slots = select_slots(row_top, row_idx, col_top, col_idx, n_rows)
-    q = slots.shape[0]
-    flat_slots, flat_weights = slots.reshape(q, -1), weights.reshape(q, -1).to(values.dtype)
     if sparse_grad and torch.is_grad_enabled() and values.requires_grad:
+        q = slots.shape[0]
+        flat_slots, flat_weights = slots.reshape(q, -1), weights.reshape(q, -1).to(values.dtype)
         return _WeightedBagSparseGrad.apply(values, flat_slots, flat_weights), slots, weights
-    # embedding_bag gathers and sums in one pass, without building the [Q, H·K, D] gathered rows.
-    out = F.embedding_bag(flat_slots, values, per_sample_weights=flat_weights, mode="sum")
-    return out, slots, weights
+    # The value table is every slot's row, so a slot id is its row's index.
+    return combine_distinct_rows(weights, values, slots), slots, weights
 
 
 class _WeightedBagSparseGrad(torch.autograd.Function):

@@ -98,11 +98,15 @@ class ShardedMemory:
         """(rows [U, d_v] of the U distinct slot ids, in sorted id order; inverse, shaped like ``slots``:
         each slot's row in ``rows``). Each distinct slot is fetched once, from the shard holding it."""
         distinct, inverse = torch.unique(slots.reshape(-1), return_inverse=True)
+        return self.fetch_distinct(distinct), inverse.view(slots.shape)
+
+    def fetch_distinct(self, distinct: Tensor) -> Tensor:
+        """Value rows [U, d_v] of sorted distinct slot ids, each shard's run copied in as one block."""
         rows = distinct.new_empty((len(distinct), self.config.value_dim), dtype=self.shards[0].dtype)
         for shard, begin, end in self.shard_pieces(distinct):
             start = self.ranges[shard][0]
             rows[begin:end] = self.shards[shard].index_select(0, distinct[begin:end] - start)
-        return rows, inverse.view(slots.shape)
+        return rows
 
     def gather(self, slots: Tensor) -> Tensor:
         """Value rows for any-shaped slot ids: [..., d_v], each fetched from the shard holding it."""

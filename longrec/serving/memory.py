@@ -167,10 +167,9 @@ class RemoteShardedMemory(ShardedMemory):
             if self.on_shard_call is not None:
                 self.on_shard_call(shard, time.perf_counter() - started, ok)
 
-    def gather_distinct(self, slots: Tensor) -> tuple[Tensor, Tensor]:
-        """``ShardedMemory.gather_distinct`` over the shard services: one call per shard (in parallel, under
+    def fetch_distinct(self, distinct: Tensor) -> Tensor:
+        """``ShardedMemory.fetch_distinct`` over the shard services: one call per shard (in parallel, under
         one deadline) with that shard's distinct slots; a shard that is down or late reads 0."""
-        distinct, inverse = torch.unique(slots.reshape(-1), return_inverse=True)
         rows = torch.zeros(len(distinct), self.config.value_dim, dtype=torch.float32)
         now = time.monotonic()
         futures = {}
@@ -191,4 +190,4 @@ class RemoteShardedMemory(ShardedMemory):
                 self.degraded = True
                 self._down_until[shard] = time.monotonic() + self.retry_after_s
                 logger.warning("memory shard %d unavailable (%s): its slots read as zero", shard, error)
-        return rows, inverse.view(slots.shape)
+        return rows
