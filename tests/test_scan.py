@@ -100,6 +100,31 @@ def test_cpu_kernel_streaming_stores_on_large_outputs(shape, dim, dtype):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim", (0, 1))
+def test_cpu_scan_compiles_into_one_graph_without_gradients(dim):
+    """Serving compiles RecBLR's user state whole: without gradients the CPU kernel's forward is a traced
+    op (no graph break, fullgraph=True), so the ops around it fuse; it equals the eager kernel for every
+    history width the dynamic graph serves, and with gradients the autograd Function still runs."""
+    import torch._dynamo
+
+    def layer(a, beta):  # elementwise work on both sides of the scan, as in a BD-LRU layer
+        return torch.tanh(linear_scan(torch.sigmoid(a), beta * 2.0, dim, backend="cpu")) + 1.0
+
+    compiled = torch.compile(layer, dynamic=True, fullgraph=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for length in (16, 48, 300):
+            a, beta = _inputs((length, 3, 5) if dim == 0 else (3, length, 5))
+            torch.testing.assert_close(compiled(a, beta), layer(a, beta), rtol=1e-6, atol=1e-6)
+    # Two graphs at most: the first call specialises, the second marks the width dynamic; then no more.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 2
+    a, beta = _inputs((3, 40, 5) if dim == 1 else (40, 3, 5))
+    expected = _values_and_grads(layer, a, beta)
+    got = _values_and_grads(torch.compile(layer, dynamic=True), a, beta)
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
 def test_auto_backend_uses_the_cpu_kernel_on_cpu(monkeypatch):
     a, beta = _inputs((2, 5, 3))
     calls = []

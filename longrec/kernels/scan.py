@@ -207,6 +207,8 @@ def _load_cpu_kernel() -> Any | None:
 
 def cpu_kernel_available() -> bool:
     """True when the compiled CPU scan kernel is built (building it on the first call)."""
+    if "module" in _cpu_state:  # built: no lock, so torch.compile traces this without a graph break
+        return True
     return _load_cpu_kernel() is not None
 
 
@@ -223,7 +225,31 @@ class LinearScanCpu:
 
     @staticmethod
     def apply(a: Tensor, beta: Tensor, dim: int) -> Tensor:
+        if torch.compiler.is_compiling() and not (a.requires_grad or beta.requires_grad):
+            return _cpu_scan_inference(a, beta, dim)
         return _StepsScan.apply(a, beta, dim, _cpu_steps())
+
+
+def _cpu_scan_inference(a: Tensor, beta: Tensor, dim: int) -> Tensor:
+    """The forward scan as one traceable op, for ``torch.compile`` without gradients (serving RecBLR's user
+    state): the autograd Function is a graph break, which left every op around the scan eager, while as an
+    op the ~70 small elementwise ops of a BD-LRU layer fuse around it. Same kernel, same result."""
+    dim = dim % a.dim()
+    compute = torch.promote_types(a.dtype, beta.dtype)  # the kernel accumulates 16-bit rows in float itself
+    h_steps = _cpu_scan_forward_op(_steps_view(a, dim, compute), _steps_view(beta, dim, compute))
+    return h_steps.view(beta.shape).to(beta.dtype)
+
+
+@torch.library.custom_op("longrec::linear_scan_cpu_forward", mutates_args=())
+def _cpu_scan_forward_op(a: Tensor, beta: Tensor) -> Tensor:
+    """h over contiguous [outer, L, inner] rows by the compiled CPU kernel (forward only)."""
+    record_backend("linear_scan", "cpu")
+    return _cpu_steps().forward(a, beta)
+
+
+@_cpu_scan_forward_op.register_fake
+def _(a: Tensor, beta: Tensor) -> Tensor:
+    return torch.empty_like(beta)
 
 
 # --------------------------------------------------------------------------------------------- Triton
