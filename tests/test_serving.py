@@ -307,6 +307,29 @@ def test_dead_shard_degrades_within_the_timeout_and_recovers(world) -> None:
     assert [i.logit for i in recovered.items] == [i.logit for i in normal.items]
 
 
+def assert_user_rows_match_get_online_features(online, users) -> None:
+    """The ranker's direct ``online_read`` of a user returns what Feast's ``get_online_features`` does."""
+    from longrec.features.definitions import SEQUENCE_FEATURES, SEQUENCE_VIEW, USER_FEATURES, USER_VIEW
+
+    features = [f"{SEQUENCE_VIEW}:{name}" for name in SEQUENCE_FEATURES]
+    features += [f"{USER_VIEW}:{name}" for name in USER_FEATURES]
+    for user in users:
+        expected = online.store.get_online_features(features=features, entity_rows=[{"user_id": user}])
+        expected = {k: v[0] for k, v in expected.to_dict().items() if k != "user_id"}
+        assert online.read_user_row(user) == expected, user
+
+
+def test_user_rows_read_directly_equal_get_online_features(world) -> None:
+    """Users with a history, users without one (side features only) and ids the store has never seen."""
+    from longrec.serving.features import OnlineFeatures
+
+    online = OnlineFeatures(world["repo"], world["spec"].n_items)
+    users = sorted(set(world["events"]["user_id"].tolist()))
+    assert_user_rows_match_get_online_features(online, users[:3] + [users[-1], 10**9, -3])
+    assert online.user(users[0]).found and len(online.user(users[0]).items) == 8
+    assert not online.user(10**9).found and not online.user(10**9).fallback
+
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_redis_down_falls_back_and_recovers(world, tmp_path: Path) -> None:
     events, items, users = demo_frames(world["spec"], events_per_user=11)
@@ -324,6 +347,7 @@ def test_redis_down_falls_back_and_recovers(world, tmp_path: Path) -> None:
         request = RankRequest(user_id=3, candidate_items=[1, 2, 3, 4], timestamp=NOW)
         normal = ranker.rank(request)
         assert not normal.feature_fallback and normal.history_length == 8
+        assert_user_rows_match_get_online_features(ranker.features, [1, 3, 10**9])
         server.terminate()
         server.wait(timeout=10)
         down = ranker.rank(request)

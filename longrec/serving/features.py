@@ -59,6 +59,7 @@ class OnlineFeatures:
         self.n_items = n_items
         self.item_genres: np.ndarray | None = None
         self.last_error: str | None = None
+        self._user_views: list | None = None  # [(feature view, feature names)], read from the registry once
         self.load_item_genres()
 
     def load_item_genres(self) -> bool:
@@ -78,15 +79,10 @@ class OnlineFeatures:
 
     def user(self, user_id: int) -> UserFeatures:
         """The user's latest history and side features; an empty, flagged fallback if the store fails."""
-        from longrec.features.definitions import SEQUENCE_FEATURES, SEQUENCE_VIEW, USER_FEATURES, USER_VIEW
         from longrec.features.store import _as_int_array
 
-        features = [f"{SEQUENCE_VIEW}:{name}" for name in SEQUENCE_FEATURES]
-        features += [f"{USER_VIEW}:{name}" for name in USER_FEATURES]
         try:
-            row = self.store.get_online_features(
-                features=features, entity_rows=[{"user_id": user_id}]
-            ).to_dict()
+            row = self.read_user_row(user_id)
         except Exception as error:
             self.last_error = f"user features: {type(error).__name__}: {error}"
             logger.warning("online store unreadable, empty-history fallback: %s", self.last_error)
@@ -94,10 +90,47 @@ class OnlineFeatures:
         self.last_error = None
         if self.item_genres is None:
             self.load_item_genres()
-        items = _as_int_array(row["sequence_items"][0])
-        stamps = _as_int_array(row["sequence_timestamps"][0])
-        side = {column: int(row[name][0] or 0) for column, name in USER_SIDE}
+        items = _as_int_array(row["sequence_items"])
+        stamps = _as_int_array(row["sequence_timestamps"])
+        side = {column: int(row[name] or 0) for column, name in USER_SIDE}
         return UserFeatures(items, stamps, side, found=len(items) > 0 or any(side.values()))
+
+    def read_user_row(self, user_id: int) -> dict:
+        """{feature name: value or None} of the user's sequence and side views, read with the online
+        store's own ``online_read`` (SQLite, Redis, ...): the values ``get_online_features`` returns
+        (tested), without its per-call planning of feature references, entity de-duplication and response
+        protos, which cost more than the read itself (0.5 against 0.2 ms per request here). The views
+        are resolved from the registry once; a changed view definition needs a restart, as a new model
+        does."""
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
+        if self._user_views is None:
+            from longrec.features.definitions import (
+                SEQUENCE_FEATURES,
+                SEQUENCE_VIEW,
+                USER_FEATURES,
+                USER_VIEW,
+            )
+
+            self._user_views = [
+                (self.store.get_feature_view(SEQUENCE_VIEW), list(SEQUENCE_FEATURES)),
+                (self.store.get_feature_view(USER_VIEW), list(USER_FEATURES)),
+            ]
+        online_store = self.store._get_provider().online_store
+        key = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(user_id))])
+        row: dict = {}
+        for view, names in self._user_views:
+            # A copy: the Redis store appends its "_ts:<view>" field to the list it is given.
+            [(_, values)] = online_store.online_read(
+                config=self.store.config, table=view, entity_keys=[key], requested_features=list(names)
+            )
+            values = values or {}
+            for name in names:
+                value = values.get(name)
+                row[name] = None if value is None else feast_value_type_to_python_type(value)
+        return row
 
     def genres(self, item_ids: np.ndarray) -> np.ndarray:
         """Genre ids of the items (0 where unknown or not loaded)."""
