@@ -230,6 +230,53 @@ async def load(
     }
 
 
+def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds: float) -> dict:
+    """One client on one kept-alive connection (``http.client``), bodies encoded before the clock starts,
+    each answer decoded after its latency is taken: the service's latency with as little client as
+    Python allows. The async httpx loop above adds its own ~1-2 ms per request on this machine (the
+    breakdown's "client" minus "http"), which is the load generator's cost, not the service's."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    encoded = [json.dumps(body).encode() for body in bodies]
+    headers = {"Content-Type": "application/json"}
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    latencies: list[float] = []
+    errors = flags = 0
+    flag_kinds: dict[str, int] = {}
+    started = time.perf_counter()
+    try:
+        for index in range(max_requests):
+            if time.perf_counter() - started > max_seconds:
+                break
+            t0 = time.perf_counter()
+            connection.request("POST", "/rank", body=encoded[index % len(encoded)], headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            latencies.append(time.perf_counter() - t0)
+            answer = json.loads(payload) if response.status == 200 else None
+            if answer is None:
+                errors += 1
+            elif any(answer[f] for f in ("degraded_memory", "feature_fallback")):
+                flags += 1
+                for name in ("degraded_memory", "feature_fallback"):
+                    flag_kinds[name] = flag_kinds.get(name, 0) + int(answer[name])
+    finally:
+        connection.close()
+    wall = time.perf_counter() - started
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "flagged": flags,
+        "flag_kinds": flag_kinds,
+        "mean_ms": 1000 * float(np.mean(latencies)),
+        "p50_ms": 1000 * percentile(latencies, 50),
+        "p99_ms": 1000 * percentile(latencies, 99),
+        "throughput_rps": len(latencies) / wall,
+    }
+
+
 def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, lengths: dict[int, int]) -> dict:
     from longrec.models.registry import build_model
     from longrec.serving.demo import store_model_dir, write_model_dir
@@ -301,6 +348,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
             one_client = asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds, batched))
             if not batched:  # where the one-client requests' time went, as the services measured it
                 parts = breakdown(totals, metric_totals(server.url))
+                keepalive = keepalive_load(server.url, bodies, args.requests, args.seconds)
             phases[prefix] = (
                 one_client,
                 asyncio.run(load(server.url, bodies, args.concurrency, args.requests, args.seconds, batched)),
@@ -329,6 +377,14 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "breakdown_ms": parts,  # /rank at one client: mean ms per request of each measured part
     }
     bare_served = row["compiled_split_p50_ms"] if config.compile else row["split_p50_ms"]
+    if "served_" in phases:  # /rank, one kept-alive http.client connection (after the httpx phases)
+        for key in ("p50_ms", "p99_ms", "mean_ms", "requests", "errors", "flagged"):
+            row[f"keepalive_{key}"] = (
+                round(keepalive[key], 2) if isinstance(keepalive[key], float) else keepalive[key]
+            )
+        row["keepalive_overhead"] = round(keepalive["p50_ms"] / bare_served, 2)
+        row["errors"] += keepalive["errors"]
+        row["flagged"] += keepalive["flagged"]
     for prefix, (latency, throughput) in phases.items():
         row.update({f"{prefix}{k}": round(v, 2) if isinstance(v, float) else v for k, v in latency.items()})
         row[f"{prefix}throughput_rps_cN"] = round(throughput["throughput_rps"], 1)
@@ -407,6 +463,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     header = ("| model | L | bare forward p50 | split p50 | compiled split p50 | endpoint | served p50 | "
               "served p99 | overhead | req/s (c=N) | p99 (c=N) |")  # fmt: skip
     print("\n" + header + "\n" + "|---" * 11 + "|")
+    keepalive_rows = []
     for r in rows:
         name = r["model"] + (" (1M slots, 2 shards)" if r["shards"] else "")
         for prefix, endpoint in (("served_", "/rank"), ("batched_", "/rank_batch")):
@@ -416,6 +473,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"{r['compiled_split_p50_ms']:.1f} ms | {endpoint} | {r[prefix + 'p50_ms']:.1f} ms | "
                   f"{r[prefix + 'p99_ms']:.1f} ms | {r[prefix + 'overhead']:.2f}x | "
                   f"{r[prefix + 'throughput_rps_cN']:.0f} | {r[prefix + 'p99_ms_cN']:.0f} ms |")  # fmt: skip
+        if "keepalive_p50_ms" in r:
+            keepalive_rows.append(
+                f"| {name} | {r['L']} | {r['compiled_split_p50_ms']:.1f} ms | {r['served_p50_ms']:.1f} ms | "
+                f"{r['served_p99_ms']:.1f} ms | {r['keepalive_p50_ms']:.1f} ms | {r['keepalive_p99_ms']:.1f} ms | "
+                f"{r['keepalive_overhead']:.2f}x |"
+            )
+    if keepalive_rows:
+        print("\n/rank at one client, httpx loop against one kept-alive http.client connection:\n")
+        print("| model | L | compiled split p50 | httpx p50 | httpx p99 | keep-alive p50 | keep-alive p99 | "
+              "keep-alive / compiled split |\n" + "|---" * 8 + "|")  # fmt: skip
+        print("\n".join(keepalive_rows))
     columns = ("http", "rank", *STAGES, "shard_call", "inside_shard", "gc", "gc_passes_over_1ms")
     print("\nWhere /rank's time went (one client; means in ms; the services' own /metrics):\n")
     print("| model | L | client | " + " | ".join(columns) + " |\n" + "|---" * (3 + len(columns)) + "|")
