@@ -240,16 +240,26 @@ def _cpu_scan_inference(a: Tensor, beta: Tensor, dim: int) -> Tensor:
     return h_steps.view(beta.shape).to(beta.dtype)
 
 
-@torch.library.custom_op("longrec::linear_scan_cpu_forward", mutates_args=())
-def _cpu_scan_forward_op(a: Tensor, beta: Tensor) -> Tensor:
+def _cpu_scan_forward_kernel(a: Tensor, beta: Tensor) -> Tensor:
     """h over contiguous [outer, L, inner] rows by the compiled CPU kernel (forward only)."""
     record_backend("linear_scan", "cpu")
     return _cpu_steps().forward(a, beta)
 
 
-@_cpu_scan_forward_op.register_fake
+# Defined through a Library, not torch.library.custom_op: the op is only called without gradients, and
+# custom_op's Python autograd and aliasing wrappers cost ~40 µs per call (timed by hand on one user's
+# [1, 1000, 32] rows: 132 µs per call as a custom_op, 98 µs as this op, 92 µs for the kernel alone).
+_LIBRARY = torch.library.Library("longrec", "FRAGMENT")
+_LIBRARY.define("linear_scan_cpu_forward(Tensor a, Tensor beta) -> Tensor")
+_LIBRARY.impl("linear_scan_cpu_forward", _cpu_scan_forward_kernel, "CPU")
+
+
+@torch.library.register_fake("longrec::linear_scan_cpu_forward")
 def _(a: Tensor, beta: Tensor) -> Tensor:
     return torch.empty_like(beta)
+
+
+_cpu_scan_forward_op = torch.ops.longrec.linear_scan_cpu_forward.default
 
 
 # --------------------------------------------------------------------------------------------- Triton
