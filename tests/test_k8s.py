@@ -198,6 +198,9 @@ def test_ranker_autoscales_and_reads_feast_from_redis(rendered):
     assert env["LONGREC_FEATURE_STORE_YAML"] == f"{mounts['feast-config']}/feature_store.yaml"
     feast = yaml.safe_load(config_map["data"]["feature_store.yaml"])
     assert Path(feast["registry"]).parent == Path(mounts["feast-data"])
+    # The compiled scoring graph is cached on a pod volume: a restarted container does not compile again.
+    assert "emptyDir" in volumes["compile-cache"]
+    assert Path(env["TORCHINDUCTOR_CACHE_DIR"]).is_relative_to(mounts["compile-cache"])
 
 
 def test_services_stay_on_cpu_and_the_gpu_overlay_caps_train_gpus():
