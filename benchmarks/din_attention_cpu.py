@@ -32,8 +32,9 @@ N_ITEMS = 20_000
 N_CANDIDATES = 100
 
 
-def timed(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
-    """Median over rounds of each variant's median ms per call; variants alternate within a round."""
+def timed(variants: dict, rounds: int, repeats: int, before=None, digits: int = 2) -> dict[str, float]:
+    """Median over rounds of each variant's median ms per call; variants alternate within a round.
+    ``variants``: {name: (torch threads, call)}; ``before``, if given, runs untimed before each timed call."""
     medians: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (threads, call) in variants.items():
@@ -41,11 +42,27 @@ def timed(variants: dict, rounds: int, repeats: int) -> dict[str, float]:
             call()
             times = []
             for _ in range(repeats):
+                if before is not None:
+                    before()
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)
             medians[name].append(statistics.median(times) * 1e3)
-    return {name: round(statistics.median(values), 2) for name, values in medians.items()}
+    return {name: round(statistics.median(values), digits) for name, values in medians.items()}
+
+
+def rows_by_length(measure, lengths: list[int]) -> list[dict]:
+    """``measure(length)`` for each history length, each row printed as it comes; torch's thread count
+    (which the timings change) is put back afterwards."""
+    threads_before = torch.get_num_threads()
+    rows = []
+    try:
+        for length in lengths:
+            rows.append(measure(length))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        torch.set_num_threads(threads_before)
+    return rows
 
 
 def write_results(path: str | Path, script: str, argv: list[str] | None, rows: list[dict], **extra) -> None:
@@ -139,12 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if not din_kernel_available():
         sys.exit(f"the fused kernel cannot be built here: {din_kernel_error()}")
-    threads_before = torch.get_num_threads()
-    rows = []
-    for length in args.lengths:
-        rows.append(measure(length, args.rounds, args.repeats))
-        print(json.dumps(rows[-1]), flush=True)
-    torch.set_num_threads(threads_before)
+    rows = rows_by_length(lambda length: measure(length, args.rounds, args.repeats), args.lengths)
     print(
         "\n| L | threads | attention: torch compiled | fused | ratio | DIN score_candidates: torch | fused | ratio |"
     )

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from din_attention_cpu import timed, write_results  # noqa: E402  (alternating rounds, median of medians)
+from din_attention_cpu import rows_by_length, timed, write_results  # noqa: E402  (alternating rounds, median of medians)
 
 N_ITEMS = 20_000
 N_CANDIDATES = 100
@@ -167,12 +166,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    threads_before = torch.get_num_threads()
-    rows = []
-    for length in args.lengths:
-        rows.append(measure(length, args.rounds, args.repeats, args.reads_pool_threads))
-        print(json.dumps(rows[-1]), flush=True)
-    torch.set_num_threads(threads_before)
+    rows = rows_by_length(
+        lambda length: measure(length, args.rounds, args.repeats, args.reads_pool_threads), args.lengths
+    )
     print("\n| L | threads | reads: computed | table | ratio | ranker score: computed | table | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

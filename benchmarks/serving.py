@@ -173,6 +173,40 @@ def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int)
     return {f"{k}_p50_ms": 1000 * statistics.median(v) for k, v in times.items()}
 
 
+FLAGS = ("degraded_memory", "feature_fallback")
+
+
+class Tally:
+    """One load phase's latencies and answers (None: an error) and its summary."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.flags = 0
+        self.flag_kinds: dict[str, int] = {}  # which flag, so a flagged response can be traced
+
+    def record(self, seconds: float, answer: dict | None) -> None:
+        self.latencies.append(seconds)
+        if answer is None:
+            self.errors += 1
+        elif any(answer[flag] for flag in FLAGS):
+            self.flags += 1
+            for flag in FLAGS:
+                self.flag_kinds[flag] = self.flag_kinds.get(flag, 0) + int(answer[flag])
+
+    def summary(self, wall: float) -> dict:
+        return {
+            "requests": len(self.latencies),
+            "errors": self.errors,
+            "flagged": self.flags,
+            "flag_kinds": self.flag_kinds,
+            "mean_ms": 1000 * float(np.mean(self.latencies)),
+            "p50_ms": 1000 * percentile(self.latencies, 50),
+            "p99_ms": 1000 * percentile(self.latencies, 99),
+            "throughput_rps": len(self.latencies) / wall,
+        }
+
+
 async def load(
     url: str,
     bodies: list[dict],
@@ -185,15 +219,11 @@ async def load(
     concurrent calls); otherwise to /rank."""
     import httpx
 
-    latencies: list[float] = []
-    errors = 0
-    flags = 0
-    flag_kinds: dict[str, int] = {}  # which flag, so a flagged response can be traced
+    tally = Tally()
     deadline = time.perf_counter() + max_seconds
     counter = iter(range(max_requests))
 
     async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal errors, flags
         for index in counter:
             if time.perf_counter() > deadline:
                 return
@@ -203,37 +233,22 @@ async def load(
                 response = await client.post("/rank_batch", json={"requests": [body]})
             else:
                 response = await client.post("/rank", json=body)
-            latencies.append(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
             answer = response.json() if response.status_code == 200 else None
             if batched and answer is not None:
                 answer = answer[0] if len(answer) == 1 and "error" not in answer[0] else None
-            if answer is None:
-                errors += 1
-            elif any(answer[f] for f in ("degraded_memory", "feature_fallback")):
-                flags += 1
-                for name in ("degraded_memory", "feature_fallback"):
-                    flag_kinds[name] = flag_kinds.get(name, 0) + int(answer[name])
+            tally.record(seconds, answer)
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "flagged": flags,
-        "flag_kinds": flag_kinds,
-        "mean_ms": 1000 * float(np.mean(latencies)),
-        "p50_ms": 1000 * percentile(latencies, 50),
-        "p99_ms": 1000 * percentile(latencies, 99),
-        "throughput_rps": len(latencies) / wall,
-    }
+    return tally.summary(time.perf_counter() - started)
 
 
 def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds: float) -> dict:
     """One client on one kept-alive connection (``http.client``), bodies encoded before the clock starts,
     each answer decoded after its latency is taken: the service's latency with as little client as
-    Python allows. The async httpx loop above adds its own ~1-2 ms per request on this machine (the
+    Python allows. The async httpx loop above adds its own 2-3 ms per request on this machine (the
     breakdown's "client" minus "http"), which is the load generator's cost, not the service's."""
     import http.client
     from urllib.parse import urlsplit
@@ -242,9 +257,7 @@ def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds:
     headers = {"Content-Type": "application/json"}
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    latencies: list[float] = []
-    errors = flags = 0
-    flag_kinds: dict[str, int] = {}
+    tally = Tally()
     started = time.perf_counter()
     try:
         for index in range(max_requests):
@@ -254,27 +267,11 @@ def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds:
             connection.request("POST", "/rank", body=encoded[index % len(encoded)], headers=headers)
             response = connection.getresponse()
             payload = response.read()
-            latencies.append(time.perf_counter() - t0)
-            answer = json.loads(payload) if response.status == 200 else None
-            if answer is None:
-                errors += 1
-            elif any(answer[f] for f in ("degraded_memory", "feature_fallback")):
-                flags += 1
-                for name in ("degraded_memory", "feature_fallback"):
-                    flag_kinds[name] = flag_kinds.get(name, 0) + int(answer[name])
+            seconds = time.perf_counter() - t0
+            tally.record(seconds, json.loads(payload) if response.status == 200 else None)
     finally:
         connection.close()
-    wall = time.perf_counter() - started
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "flagged": flags,
-        "flag_kinds": flag_kinds,
-        "mean_ms": 1000 * float(np.mean(latencies)),
-        "p50_ms": 1000 * percentile(latencies, 50),
-        "p99_ms": 1000 * percentile(latencies, 99),
-        "throughput_rps": len(latencies) / wall,
-    }
+    return tally.summary(time.perf_counter() - started)
 
 
 def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, lengths: dict[int, int]) -> dict:

@@ -12,7 +12,8 @@
    full L=1000 and at a 65-event history (ML-100k's median user), trimmed as served. Scores are
    checked equal (1e-5) before timing.
 
-Each variant keeps the median of its per-round medians; the ratios printed are old / new from this run.
+Each variant keeps the median of its per-round medians (``din_attention_cpu.timed``, one untimed call
+per variant and round first); the ratios printed are old / new from this run.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serving_paths.py \\
         --json benchmarks/results/serving_paths.json
@@ -21,9 +22,8 @@ Each variant keeps the median of its per-round medians; the ratios printed are o
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +31,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from din_attention_cpu import write_results  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
+from din_attention_cpu import timed, write_results  # noqa: E402  (alternating rounds, median of medians)
 
 LENGTH = 1000
 USERS = 198
@@ -44,22 +42,6 @@ def spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
-
-
-def alternate(variants: dict, rounds: int, per_round: int, before=None) -> dict[str, float]:
-    """Median over rounds of each variant's per-round median, in ms; variants alternate within a round."""
-    medians: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, call in variants.items():
-            times = []
-            for index in range(per_round):
-                if before is not None:
-                    before()
-                started = time.perf_counter()
-                call(index)
-                times.append(time.perf_counter() - started)
-            medians[name].append(statistics.median(times))
-    return {name: round(1000 * statistics.median(values), 3) for name, values in medians.items()}
 
 
 def features_read(rounds: int) -> list[dict]:
@@ -74,18 +56,18 @@ def features_read(rounds: int) -> list[dict]:
             f"{USER_VIEW}:{n}" for n in USER_FEATURES
         ]
 
-        def feast_call(index: int) -> None:
-            online.store.get_online_features(
-                features=names, entity_rows=[{"user_id": 1 + index % USERS}]
-            ).to_dict()
+        users = itertools.cycle(range(1, USERS + 1))  # each call reads the next user
 
-        def direct(index: int) -> None:
-            online.read_user_row(1 + index % USERS)
+        def feast_call() -> None:
+            online.store.get_online_features(features=names, entity_rows=[{"user_id": next(users)}]).to_dict()
 
-        variants = {"get_online_features": feast_call, "online_read": direct}
+        def direct() -> None:
+            online.read_user_row(next(users))
+
+        variants = {"get_online_features": (1, feast_call), "online_read": (1, direct)}
         rows = []
         for setting, before in (("hot", None), ("after other work", lambda: spin(0.01))):
-            timings = alternate(variants, rounds, 60 if before else 200, before)
+            timings = timed(variants, rounds, 60 if before else 200, before, digits=3)
             ratio = timings["get_online_features"] / timings["online_read"]
             rows.append({"part": "features read", "setting": setting, **timings, "ratio": round(ratio, 2)})
             print(f"features read, {setting}: {timings} -> {ratio:.2f}x", flush=True)
@@ -117,14 +99,14 @@ def scoring(rounds: int) -> list[dict]:
                 new = scorer.compiled_score(*batches)
                 torch.testing.assert_close(new, old, rtol=0, atol=1e-5)
 
-                def old_path(_, b=batches, m=model, compiled=score_only):
+                def old_path(b=batches, m=model, compiled=score_only):
                     return compiled(m.encode_user(b[0]), b[1])
 
-                def new_path(_, b=batches, compiled=scorer.compiled_score):
+                def new_path(b=batches, compiled=scorer.compiled_score):
                     return compiled(*b)
 
-                variants = {"score_candidates_compiled": old_path, "whole_compiled": new_path}
-                timings = alternate(variants, rounds, 20)
+                variants = {"score_candidates_compiled": (1, old_path), "whole_compiled": (1, new_path)}
+                timings = timed(variants, rounds, 20, digits=3)
                 ratio = timings["score_candidates_compiled"] / timings["whole_compiled"]
                 rows.append({"part": "scoring", "model": name, "history_events": events, **timings,
                              "ratio": round(ratio, 2)})  # fmt: skip

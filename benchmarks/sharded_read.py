@@ -25,13 +25,12 @@ medians. Prints the ratios measured in this run and the largest difference betwe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-from din_attention_cpu import timed, write_results  # noqa: E402  (alternating rounds, median of medians)
+from din_attention_cpu import rows_by_length, timed, write_results  # noqa: E402  (alternating rounds, median of medians)
 
 SLOTS = 1_048_576
 CANDIDATES = 100
@@ -126,12 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    threads_before = torch.get_num_threads()
-    rows = []
-    for length in args.lengths:
-        rows.append(measure(length, args.rounds, args.repeats))
-        print(json.dumps(rows[-1]), flush=True)
-    torch.set_num_threads(threads_before)
+    rows = rows_by_length(lambda length: measure(length, args.rounds, args.repeats), args.lengths)
     print("\n| L | reads | distinct slots | threads | before | after | ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

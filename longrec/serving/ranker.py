@@ -82,7 +82,7 @@ def verify_manifest(directory: str | Path, manifest: dict[str, str]) -> None:
 class ModelScorer:
     """One loaded model version: ``encode_user`` once per request, then ``score_candidates``."""
 
-    compiled = False  # enable_compile(): scoring runs a torch.compile'd score_candidates
+    compiled = False  # enable_compile(): scoring runs torch.compile'd (encode_user + score_candidates)
     compiled_score: Callable | None = None  # (user batch, candidate batch) -> logits, compiled whole
     fused_attention = False  # enable_fused_attention(): the attention runs the fused CPU kernel
     _reads_pool: ThreadPoolExecutor | None = None  # LMN: the memory reads beside the attention
@@ -350,7 +350,8 @@ class Ranker:
             order = order[: request.top_k]
         scores = 1.0 / (1.0 + np.exp(-logits))
         unknown = not user.found and not user.fallback
-        # Python numbers in bulk (tolist), not one numpy scalar conversion per field: ~30 % of this step.
+        # Python numbers in bulk (tolist), not one numpy scalar conversion per field (100 items, timed by
+        # hand: 0.13 -> 0.09 ms).
         ordered = zip(candidates[order].tolist(), scores[order].tolist(), logits[order].tolist(), strict=True)
         response = RankResponse(
             items=[ScoredItem(item_id=item, score=score, logit=logit) for item, score, logit in ordered],
