@@ -43,12 +43,13 @@ def test_the_kernel_builds_here() -> None:
 @pytest.mark.parametrize("activation", ["dice", "prelu", "sigmoid"])
 @pytest.mark.parametrize(
     ("length", "candidates", "hidden"),
-    [(130, 7, (80, 40)), (1, 1, (33,)), (37, 3, (20, 50, 17)), (64, 2, (96, 112))],
+    [(130, 7, (80, 40)), (1, 1, (33,)), (37, 3, (20, 50, 17)), (64, 2, (96, 112)), (12, 2, (104, 5))],
 )
 @torch.no_grad()
 def test_fused_scores_equal_the_torch_path(activation, length, candidates, hidden) -> None:
-    """Every activation, widths that are and are not multiples of 16, one to three hidden layers, a
-    history shorter than the kernel's tile and one not a multiple of its row block, one candidate."""
+    """Every activation; widths that are multiples of 16, of 8 only (the kernel's 8-float tail, alone or
+    after 2, 3 or 6 whole vectors), and neither; one to three hidden layers; a history shorter than the
+    kernel's tile and one not a multiple of its row block; one candidate."""
     unit = _unit(activation, hidden)
     history = torch.randn(1, length, 32) * 0.3
     target = torch.randn(candidates, 32) * 0.3
@@ -58,6 +59,22 @@ def test_fused_scores_equal_the_torch_path(activation, length, candidates, hidde
     got = fused_scores(unit, history, history_term, target, _target_term(unit, target))
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["dice", "sigmoid"])
+@torch.no_grad()
+def test_saturated_activations_equal_the_torch_path(activation) -> None:
+    """Pre-activations far past the exp's ±87 clamp: the sigmoid saturates to 0 or 1 as torch's does,
+    never to an overflowed or NaN value."""
+    unit = _unit(activation, (80, 40))
+    history = torch.randn(1, 40, 32) * 30
+    target = torch.randn(5, 32) * 30
+    mask = torch.ones(5, 40, dtype=torch.bool)
+    history_term = unit.history_term(history)
+    expected = unit.score_targets(history, history_term, target, mask)
+    got = fused_scores(unit, history, history_term, target, _target_term(unit, target))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 @torch.no_grad()

@@ -43,7 +43,7 @@ _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "library" once loaded, or "error" once that failed
 
 ACTIVATION_CODES = {"Dice": 0, "PReLU": 1, "_Sigmoid": 2}
-LANES = 16  # the kernel's vector width in floats: layer widths are zero-padded to a multiple
+LANES = 8  # the kernel's narrowest vector in floats: layer widths are zero-padded to a multiple
 ROWS = 4  # the kernel's register block: history rows are zero-padded to a multiple
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
@@ -252,7 +252,7 @@ def fused_scores(unit, history: Tensor, history_term: Tensor, target: Tensor, ta
 
     history [1, L, d], history_term [1, L, H1] (``unit.history_term``), target [C, d], target_term [C, H1]
     (the target half with the first layer's bias). Pads rows to a multiple of 4 and widths to a multiple of
-    16 with zeros and cuts the scores back to L.
+    8 with zeros and cuts the scores back to L.
     """
     length = history.shape[1]
     rows = -(-length // ROWS) * ROWS
