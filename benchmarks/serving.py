@@ -1,8 +1,8 @@
 """Serving latency and throughput of the ranker over HTTP on loopback, beside the bare in-process forward.
 
 For each model (DIN, IMN, RecBLR, LMN with 1,048,576 slots in 2 shard services) and each history length
-L, a synthetic world is served by `bentoml serve` (one worker per service; the ranker's torch threads as the
-serving default, the faster of 1 and every CPU measured at start-up, or --threads; shards one): histories in
+L, a synthetic world is served by `bentoml serve` (one worker per service; the ranker's torch and attention
+kernel threads as the serving default, measured at start-up, or --threads for both; shards one): histories in
 a Feast SQLite online store, random weights (serving cost does not depend on the weights; parity to the
 offline forward is tested in tests/test_serving*.py). A bounded async httpx loop sends /rank requests with
 100 candidates: at concurrency 1 for p50/p99 latency, then at concurrency 4 for throughput. Beside it, the
@@ -81,14 +81,17 @@ def make_world(root: Path, length: int, users_with_history: int, lengths_from: s
     return spec, root / name, lengths
 
 
-def served_torch_threads(url: str) -> int | None:
-    """The served ranker's intra-op threads, from its ``longrec_ranker_torch_threads`` gauge."""
+def served_threads_of(url: str) -> dict[str, int | None]:
+    """The served ranker's thread counts, from its ``longrec_ranker_torch_threads`` (intra-op) and
+    ``longrec_ranker_attention_threads`` (fused attention kernel) gauges."""
     import httpx
 
+    counts: dict[str, int | None] = {"torch": None, "attention": None}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("longrec_ranker_torch_threads"):
-            return int(float(line.split()[-1]))
-    return None
+        for key in counts:
+            if line.startswith(f"longrec_ranker_{key}_threads"):
+                counts[key] = int(float(line.split()[-1]))
+    return counts
 
 
 def metric_totals(url: str) -> dict[str, float]:
@@ -275,6 +278,7 @@ def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds:
 
 
 def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, lengths: dict[int, int]) -> dict:
+    from longrec.kernels.din_attention import kernel_threads
     from longrec.models.registry import build_model
     from longrec.serving.demo import store_model_dir, write_model_dir
     from longrec.serving.memory import ShardValues
@@ -337,7 +341,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
     parts: dict[str, float] = {}
     with ServeProcess(registry, free_port(), config=config) as server:
         ready_s = time.perf_counter() - started
-        served_threads = served_torch_threads(server.url)
+        served_threads = served_threads_of(server.url)
         for batched in modes:
             asyncio.run(load(server.url, bodies, 1, args.warmup, 60, batched))
             prefix = "batched_" if batched else "served_"
@@ -365,7 +369,9 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "compile": config.compile,
         "fused_attention": fused,  # DIN's attention (DIN, LMN) through longrec.kernels.din_attention
         "torch_threads": threads,  # in process
-        "served_torch_threads": served_threads,  # the server's own choice (its /metrics)
+        "attention_threads": kernel_threads() if fused else None,  # in process, the fused kernel's
+        "served_torch_threads": served_threads["torch"],  # the server's own choice (its /metrics)
+        "served_attention_threads": served_threads["attention"] if fused else None,
         "concurrency": args.concurrency,
         "ready_s": round(ready_s, 1),
         **{k: round(v, 2) for k, v in bare.items()},

@@ -373,14 +373,23 @@ def serve(
     threads: int = typer.Option(
         None,
         min=0,
-        help="The ranker's torch intra-op threads (default 0: measured at start-up, the faster of 1 and every "
-        "usable CPU; memory shards use one). Same as LONGREC_TORCH_THREADS.",
+        help="The ranker's torch intra-op threads (default 0: measured at start-up with the attention kernel's, "
+        "see --attention-threads; memory shards use one). Same as LONGREC_TORCH_THREADS.",
+    ),
+    attention_threads: int = typer.Option(
+        None,
+        min=0,
+        help="DIN's and LMN's fused attention kernel's own threads (default 0: chosen at start-up with "
+        "--threads, the fastest of 1 for both, every usable CPU for both, and 1 for torch with every CPU for "
+        "the kernel; with --threads N alone, N). Same as LONGREC_ATTENTION_THREADS.",
     ),
 ) -> None:
     """Serve a registered model (the production one of --dataset, or --tag) with its shard services."""
     _setup_logging(False)
     if threads is not None:  # the served process reads it over its config (a Bento's included)
         os.environ["LONGREC_TORCH_THREADS"] = str(threads)
+    if attention_threads is not None:
+        os.environ["LONGREC_ATTENTION_THREADS"] = str(attention_threads)
     if (tag is None) == (dataset is None):
         fail("give exactly one of --tag and --dataset")
     for path in (feature_repo, feature_store_yaml):

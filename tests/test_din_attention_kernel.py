@@ -85,12 +85,21 @@ def test_the_kernel_uses_every_thread_and_gives_the_same_scores() -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
+        assert din_attention.kernel_threads() == 1  # by default the kernel follows torch's count
         one = fused_scores(unit, history, history_term, target, target_term)
         torch.set_num_threads(2)
         two = fused_scores(unit, history, history_term, target, target_term)
+        torch.set_num_threads(1)
+        din_attention.set_kernel_threads(2)  # its own team, torch's ops on one (what the ranker may choose)
+        assert din_attention.kernel_threads() == 2 and torch.get_num_threads() == 1
+        own = fused_scores(unit, history, history_term, target, target_term)
+        with pytest.raises(ValueError, match="kernel threads"):
+            din_attention.set_kernel_threads(0)
     finally:
+        din_attention.set_kernel_threads(None)
         torch.set_num_threads(before)
-    assert torch.equal(one, two)  # tiles are independent: the thread count changes nothing
+    assert din_attention.kernel_threads() == before
+    assert torch.equal(one, two) and torch.equal(one, own)  # tiles are independent: threads change nothing
 
 
 @pytest.mark.parametrize("name", ["din", "lmn"])

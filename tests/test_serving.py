@@ -408,33 +408,46 @@ def test_a_bento_served_by_dataset_logs_requests_to_the_rollout_folder(tmp_path:
 
 
 def test_ranker_threads_are_measured_by_default_and_follow_the_environment(world, monkeypatch) -> None:
-    """Threads 0 (the default): the faster of 1 and every usable CPU on a synthetic full-length request is
-    kept; a count set in the config or LONGREC_TORCH_THREADS is used as given."""
+    """Threads 0 (the default): the fastest of (torch, attention kernel) = (1, 1), (N, N) and, with the fused
+    kernel, (1, N) on a synthetic full-length request is kept; counts set in the config or
+    LONGREC_TORCH_THREADS / LONGREC_ATTENTION_THREADS are used as given (the kernel follows torch's count
+    unless its own is set)."""
+    from longrec.kernels.din_attention import kernel_threads, set_kernel_threads
     from longrec.serving.config import ServingConfig
     from longrec.serving.service_support import quiet_threads, set_ranker_threads, usable_cpus
 
     config = ServingConfig(model_tag="m:v", model_name="din")
-    assert config.torch_threads == 0
+    assert config.torch_threads == 0 and config.attention_threads == 0
     monkeypatch.setenv("LONGREC_TORCH_THREADS", "3")
+    monkeypatch.setenv("LONGREC_ATTENTION_THREADS", "2")
     assert config.with_environment().torch_threads == 3
+    assert config.with_environment().attention_threads == 2
     ranker, _ = local_ranker(world, "din")
     before = torch.get_num_threads()
     try:
+        assert ranker.scorers["main"].fused_attention  # the serving default
         timings = ranker.choose_threads(2, candidates=20, repeats=3)
-        assert set(timings) == {1, 2} and all(seconds > 0 for seconds in timings.values())
-        assert torch.get_num_threads() == min(timings, key=timings.get)
+        assert set(timings) == {(1, 1), (1, 2), (2, 2)} and all(seconds > 0 for seconds in timings.values())
+        assert (torch.get_num_threads(), kernel_threads()) == min(timings, key=timings.get)
+        assert set(ranker.choose_threads(2, candidates=20, repeats=1, attention_threads=2)) == {(1, 2), (2, 2)}
+        assert kernel_threads() == 2
         assert (
             set_ranker_threads(ranker, ServingConfig("m:v", "din", torch_threads=1), with_metrics=False) == 1
         )
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1 and kernel_threads() == 1
+        set_ranker_threads(ranker, ServingConfig("m:v", "din", torch_threads=1, attention_threads=2), False)
+        assert torch.get_num_threads() == 1 and kernel_threads() == 2
         assert set_ranker_threads(ranker, ServingConfig("m:v", "din"), with_metrics=False) in {
             1,
             usable_cpus(),
         }
         assert quiet_threads(0) == usable_cpus() == torch.get_num_threads()
         lmn, _ = local_ranker(world, "lmn")  # timed through its backbone: the shards are not up at start-up
-        assert set(lmn.choose_threads(2, candidates=5, repeats=1)) == {1, 2}
+        assert set(lmn.choose_threads(2, candidates=5, repeats=1)) == {(1, 1), (1, 2), (2, 2)}
+        recblr, _ = local_ranker(world, "recblr")  # no attention kernel: torch's count alone
+        assert set(recblr.choose_threads(2, candidates=5, repeats=1)) == {(1, 1), (2, 2)}
     finally:
+        set_kernel_threads(None)
         torch.set_num_threads(before)
 
 

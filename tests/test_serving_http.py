@@ -117,6 +117,7 @@ def test_metrics_count_requests_latency_flags_and_shards(server) -> None:
         assert name in text, name
     # The suite serves with LONGREC_TORCH_THREADS=1 (tests/conftest.py): the server reports what it uses.
     assert "longrec_ranker_torch_threads 1.0" in text
+    assert "longrec_ranker_attention_threads 1.0" in text  # the kernel follows a set torch count
     assert 'longrec_ranker_fused_attention{arm="main"} 1.0' in text  # LMN's attention runs the CPU kernel
 
 

@@ -34,13 +34,21 @@ from torch import Tensor
 from longrec.kernels import record_backend
 from longrec.kernels.cpu_build import kernel_cache_root
 
-__all__ = ["ACTIVATION_CODES", "din_kernel_available", "din_kernel_build_dir", "fused_scores"]
+__all__ = [
+    "ACTIVATION_CODES",
+    "din_kernel_available",
+    "din_kernel_build_dir",
+    "fused_scores",
+    "kernel_threads",
+    "set_kernel_threads",
+]
 
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("din_attention_cpu.cpp")
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "library" once loaded, or "error" once that failed
+_threads: dict[str, int] = {}  # "count": the kernel's own thread count, once set_kernel_threads set one
 
 ACTIVATION_CODES = {"Dice": 0, "PReLU": 1, "_Sigmoid": 2}
 LANES = 8  # the kernel's narrowest vector in floats: layer widths are zero-padded to a multiple
@@ -124,6 +132,28 @@ def _load() -> Any | None:
         return _state.get("library")
 
 
+def set_kernel_threads(threads: int | None) -> None:
+    """Run the kernel on its own OpenMP team of ``threads``; None: torch's intra-op count (the default).
+
+    The ranker may give the kernel every usable CPU while torch's own ops (the small GEMMs of the head and
+    the first layer's halves, LMN's memory reads) run on one: the kernel splits C × L into many tiles, while
+    a 100-row GEMM pays more for waking a second thread than it gains. On 2 cores DIN's scoring call took
+    1.05x (L=1000), 1.26x (L=200) and 1.74x (L=50) as long with both on 2 as with torch on 1 and the kernel
+    on 2 (benchmarks/attention_threads.py, minima; results/attention_threads.json); for LMN it was within
+    the run's spread. ``Ranker.choose_threads`` measures which setting is faster for the served model."""
+    if threads is None:
+        _threads.pop("count", None)
+    elif threads < 1:
+        raise ValueError(f"kernel threads must be >= 1, got {threads}")
+    else:
+        _threads["count"] = int(threads)
+
+
+def kernel_threads() -> int:
+    """The threads the kernel runs on: ``set_kernel_threads``'s count, else torch's intra-op count."""
+    return _threads.get("count") or torch.get_num_threads()
+
+
 def din_kernel_available() -> bool:
     """True when the fused CPU kernel is built (building it on the first call)."""
     return _load() is not None
@@ -196,7 +226,7 @@ def _scores_op(
         count,
         scratch.data_ptr(),
         scores.data_ptr(),
-        torch.get_num_threads(),
+        kernel_threads(),
     )
     return scores
 

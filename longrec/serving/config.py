@@ -38,6 +38,9 @@ class ServingConfig:
     # synthetic full-length request (a second core pays for attention over C × L, not for RecBLR's head).
     # Memory shards always use one.
     torch_threads: int = 0
+    # The fused attention kernel's own threads (DIN, LMN): 0 = chosen with torch_threads at start-up among
+    # (1, 1), (every CPU, every CPU) and (torch 1, kernel every CPU); with torch_threads set, the same count.
+    attention_threads: int = 0
     # Score each user's history cut to its valid events (rounded up to 16 positions) instead of the padded
     # L: exact, and the attention's cost follows the user's real history length. False scores all L.
     trim_history_padding: bool = True
@@ -62,8 +65,8 @@ class ServingConfig:
 
     def with_environment(self) -> ServingConfig:
         """Runtime overrides: LONGREC_FEATURE_REPO, LONGREC_FEATURE_STORE_YAML, LONGREC_SHARD_TIMEOUT_S,
-        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_TRIM_HISTORY, LONGREC_FUSED_ATTENTION,
-        LONGREC_ROLLOUT_DIR."""
+        LONGREC_SERVING_COMPILE, LONGREC_TORCH_THREADS, LONGREC_ATTENTION_THREADS, LONGREC_TRIM_HISTORY,
+        LONGREC_FUSED_ATTENTION, LONGREC_ROLLOUT_DIR."""
         values = asdict(self)
         if os.environ.get("LONGREC_FEATURE_REPO"):
             values["feature_repo"] = os.environ["LONGREC_FEATURE_REPO"]
@@ -75,6 +78,8 @@ class ServingConfig:
             values["compile"] = os.environ["LONGREC_SERVING_COMPILE"].lower() not in ("0", "false", "no")
         if os.environ.get("LONGREC_TORCH_THREADS"):
             values["torch_threads"] = int(os.environ["LONGREC_TORCH_THREADS"])
+        if os.environ.get("LONGREC_ATTENTION_THREADS"):
+            values["attention_threads"] = int(os.environ["LONGREC_ATTENTION_THREADS"])
         if os.environ.get("LONGREC_TRIM_HISTORY"):  # "0": score every user over the padded L
             values["trim_history_padding"] = os.environ["LONGREC_TRIM_HISTORY"].lower() not in (
                 "0",

@@ -252,28 +252,41 @@ class Ranker:
                 logger.warning("torch.compile failed for %s, serving eager: %s", scorer.tag, error)
                 scorer.disable_compile()
 
-    def choose_threads(self, most: int, candidates: int = 100, repeats: int = 7) -> dict[int, float]:
-        """Set torch's intra-op threads to whichever of 1 and ``most`` scores a synthetic full-length
-        request of ``candidates`` faster (the production model, after warm_up). Measured, not assumed:
-        the attention over C × L gains from a second core, while a model whose per-request work is a few
-        small ops (RecBLR's head) loses more to waking threads than it gains. The two settings alternate
-        and each keeps its fastest of ``repeats`` runs, so a burst of other work at start-up (shard
-        services loading, say) slows both alike instead of deciding the choice. Returns {threads: s}."""
+    def choose_threads(
+        self, most: int, candidates: int = 100, repeats: int = 7, attention_threads: int | None = None
+    ) -> dict[tuple[int, int], float]:
+        """Set the threads of torch's intra-op ops and of the fused attention kernel to whichever setting
+        scores a synthetic full-length request of ``candidates`` fastest (the production model, after
+        warm_up). Settings, as (torch, kernel): (1, 1) and (``most``, ``most``); with the fused kernel also
+        (1, ``most``), the kernel on every CPU while the small ops around it stay on one. Measured, not
+        assumed: the attention over C × L gains from a second core, while small ops (RecBLR's head, a
+        100-row GEMM) lose more to waking threads than they gain. ``attention_threads`` fixes the kernel's
+        count instead (only the torch count is chosen). The settings alternate and each keeps its fastest
+        of ``repeats`` runs, so a burst of other work at start-up (shard services loading, say) slows all
+        alike instead of deciding the choice. Returns {(torch threads, kernel threads): seconds}."""
+        from longrec.kernels.din_attention import set_kernel_threads
+
         scorer = self.scorers[MAIN_ARM]
         batches = _synthetic_batches(scorer, max(1, min(candidates, scorer.spec.n_items - 1)))
-        settings = sorted({1, max(1, most)})
-        timings = {threads: float("inf") for threads in settings}
+        most = max(1, most)
+        if attention_threads:
+            settings = sorted({(1, attention_threads), (most, attention_threads)})
+        else:
+            settings = sorted({(1, 1), (most, most)} | ({(1, most)} if scorer.fused_attention else set()))
+        timings = {setting: float("inf") for setting in settings}
         for round_ in range(repeats + 1):
-            for threads in settings:
-                torch.set_num_threads(threads)
+            for setting in settings:
+                torch.set_num_threads(setting[0])
+                set_kernel_threads(setting[1])
                 started = time.perf_counter()
                 _score_synthetic(scorer, batches)
                 if round_:  # the first round only wakes each setting's threads
-                    timings[threads] = min(timings[threads], time.perf_counter() - started)
+                    timings[setting] = min(timings[setting], time.perf_counter() - started)
         best = min(timings, key=timings.get)
-        torch.set_num_threads(best)
+        torch.set_num_threads(best[0])
+        set_kernel_threads(best[1])
         logger.info(
-            "torch threads: %d (synthetic request ms by threads: %s)",
+            "threads (torch, attention kernel): %s (synthetic request ms by setting: %s)",
             best,
             {k: round(v * 1000, 2) for k, v in timings.items()},
         )

@@ -130,6 +130,11 @@ def serving_metrics() -> dict:
             "threads": Gauge(
                 "longrec_ranker_torch_threads", "The ranker's intra-op threads.", multiprocess_mode="max"
             ),
+            "attention_threads": Gauge(
+                "longrec_ranker_attention_threads",
+                "The fused attention kernel's threads (DIN, LMN; longrec.kernels.din_attention).",
+                multiprocess_mode="max",
+            ),
             "gc_pause": Histogram(
                 "longrec_gc_pause_seconds",
                 "One pass of Python's garbage collector in the ranker process (it stops every thread"
@@ -148,21 +153,27 @@ def serving_metrics() -> dict:
 
 
 def set_ranker_threads(ranker, config: ServingConfig, with_metrics: bool = True) -> int:
-    """The ranker's intra-op threads after warm-up: the config's count, or with 0 (the default) the faster
-    of 1 and every usable CPU on a synthetic full-length request (``Ranker.choose_threads``); the ranker is
-    then warmed at that count. Exported as ``longrec_ranker_torch_threads``."""
+    """The ranker's threads after warm-up. torch's intra-op threads: the config's count, or with 0 (the
+    default) chosen by ``Ranker.choose_threads`` on a synthetic full-length request, together with the
+    fused attention kernel's threads (``attention_threads``: 0 = chosen too; with ``torch_threads`` set and
+    ``attention_threads`` 0, the same count). The ranker is then warmed at that count. Exported as
+    ``longrec_ranker_torch_threads`` and ``longrec_ranker_attention_threads``; returns torch's count."""
     import torch
+
+    from longrec.kernels.din_attention import kernel_threads, set_kernel_threads
 
     if config.torch_threads > 0:
         threads = quiet_threads(config.torch_threads)
+        set_kernel_threads(config.attention_threads or threads)
     else:
-        ranker.choose_threads(usable_cpus())
+        ranker.choose_threads(usable_cpus(), attention_threads=config.attention_threads or None)
         threads = torch.get_num_threads()
     # A compiled graph is specialised to the thread count it was compiled under, and warm_up ran under
     # torch's default (every core of the node): warm again, so no request pays a compile at this count.
     ranker.warm_up()
     if with_metrics:
         serving_metrics()["threads"].set(threads)
+        serving_metrics()["attention_threads"].set(kernel_threads())
     return threads
 
 
