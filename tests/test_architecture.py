@@ -19,7 +19,7 @@ ALLOWED = {
     "eval": {"data", "models", "model_files"},
     "train": {"data", "models", "eval", "kernels", "model_files", "runtime", "seeding"},
     "registry": {"model_files"},
-    "serving": {"data", "models", "eval", "features", "memory", "registry", "model_files", "rollout"},
+    "serving": {"data", "models", "eval", "features", "kernels", "memory", "registry", "model_files", "rollout"},
     "rollout": {"data", "registry", "model_files"},
     "experiments": {"data", "models", "train", "eval", "seeding"},
     "pipeline": {
