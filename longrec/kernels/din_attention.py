@@ -139,8 +139,8 @@ def set_kernel_threads(threads: int | None) -> None:
     the first layer's halves, LMN's memory reads) run on one: the kernel splits C × L into many tiles, while
     a 100-row GEMM pays more for waking a second thread than it gains. On 2 cores DIN's scoring call took
     1.05x (L=1000), 1.26x (L=200) and 1.74x (L=50) as long with both on 2 as with torch on 1 and the kernel
-    on 2 (benchmarks/attention_threads.py, minima; results/attention_threads.json); for LMN it was within
-    the run's spread. ``Ranker.choose_threads`` measures which setting is faster for the served model."""
+    on 2 (benchmarks/attention_threads.py, minima, in benchmarks/results/attention_threads.json); for LMN
+    it was within the run's spread. ``Ranker.choose_threads`` measures which setting is faster for the served model."""
     if threads is None:
         _threads.pop("count", None)
     elif threads < 1:

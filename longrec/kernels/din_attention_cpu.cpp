@@ -114,7 +114,7 @@ template <int J, int H>
 void gemm_panel(const float* in, int64_t ldi, int64_t rows, int64_t K, const float* W, int64_t ldw,
                 float* out, int64_t ldo) {
   for (int64_t r = 0; r < rows; r += kRows) {
-    v16 acc[kRows][J + 1];
+    v16 acc[kRows][J + 1];  // J + 1: no zero-length array when the panel is the 8-float tail alone
     v8 tail[kRows];
     for (int64_t i = 0; i < kRows; ++i) {
       for (int j = 0; j < J; ++j) acc[i][j] = load<v16>(out + (r + i) * ldo + j * kLanes);
