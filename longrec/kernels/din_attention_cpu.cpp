@@ -12,7 +12,7 @@
 //
 // Widths are padded to multiples of 8 with zero weights (a padded column's activation meets a zero weight
 // row in the next layer). The inner products run on whole 16-float vectors plus, for a width of 16k + 8
-// (the paper's 40), one 8-float vector: padding 40 to 48 cost ~5 % of the kernel. GCC vector extensions,
+// (the paper's 40), one 8-float vector, instead of padding 40 to 48. GCC vector extensions,
 // which compile to AVX-512, AVX2, SSE or NEON, whatever -march=native offers. The sigmoid uses a Cephes
 // polynomial exp (relative error ~1e-7), so scores agree with torch's to ~1e-6, not bit for bit.
 // Forward only, float32, eval mode (Dice with its running statistics). Plain C ABI, no torch headers:
@@ -61,7 +61,7 @@ template <class F> inline void for_each_vector(int64_t width, F f) {
 
 // exp(x) for float lanes: Cephes expf's polynomial on x - n·ln2 with n = round(x·log2 e), rounded by
 // adding and taking away 1.5·2^23, and 2^n built in the exponent bits. Clamped to ±87, so 2^n stays a
-// normal float. (Cheaper than Cephes' floor by conversions: Dice's sigmoid is ~30 % of the kernel.)
+// normal float. (Fewer operations than Cephes' floor by conversions; Dice runs it on every activation.)
 template <class V> inline V vexp(V x) {
   typedef typename IntVector<V>::type VI;
   x = x < splat<V>(87.0f) ? x : splat<V>(87.0f);
