@@ -26,56 +26,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from din_attention_cpu import rows_by_length, write_results  # noqa: E402
+from lmn_item_rows import N_CANDIDATES, ranker_scorer  # noqa: E402
 
-N_ITEMS = 20_000
-N_CANDIDATES = 100
-SLOTS = 1_048_576
 SETTINGS = ((1, 1), (1, 2), (2, 2))  # (torch intra-op threads, kernel threads)
 
 
 def scorer_for(name: str, length: int):
-    """The ranker's scorer around a random ``name`` model (LMN: two in-process shards), fused and compiled,
-    with one synthetic request of a full ``length`` history."""
-    from longrec.memory.sharded import ShardedMemory
-    from longrec.models.registry import build_model
-    from longrec.serving.demo import demo_spec
-    from longrec.serving.features import UserFeatures, build_batches, trim_history_padding
-    from longrec.serving.memory import MemoryIndex, RemoteShardedMemory
-    from longrec.serving.ranker import ModelScorer
-
-    torch.manual_seed(0)
-    spec = demo_spec(n_users=200, n_items=N_ITEMS, max_history_length=length)
-    model = build_model(name, spec, {"memory_slots": SLOTS} if name == "lmn" else {}).eval()
-    scorer = ModelScorer.__new__(ModelScorer)
-    scorer.model, scorer.spec, scorer.name, scorer.tag = model, spec, name, "bench"
-    if name == "lmn":
-        with torch.no_grad():
-            model.query.item_projection.bias.zero_()
-            model.query.user_projection.bias.zero_()
-        local = ShardedMemory.from_memory(model.memory, 2)
-        index = MemoryIndex(
-            local.config, local.row_keys, local.col_keys, [{"start": a, "stop": b} for a, b in local.ranges]
-        )
-
-        def client(shard: int):
-            start, values = local.ranges[shard][0], local.shards[shard].numpy()
-            return lambda slots: values[slots - start]
-
-        scorer.attach_memory(RemoteShardedMemory(index, [client(0), client(1)], timeout_s=30))
-    assert scorer.enable_fused_attention(), "the fused kernel cannot be built here"
+    """``lmn_item_rows.ranker_scorer`` (the ranker's scorer and one request) with the fused kernel required
+    and scoring compiled, as served."""
+    scorer, user_batch, candidate_batch = ranker_scorer(name, length)
+    assert scorer.fused_attention, "the fused kernel cannot be built here"
     scorer.enable_compile()
-    rng = np.random.default_rng(0)
-    user = UserFeatures(
-        rng.integers(1, N_ITEMS, length),
-        np.arange(length, dtype=np.int64),
-        {"user_age": 1, "user_gender": 1, "user_occupation": 1},
-        found=True,
-    )
-    candidates = rng.choice(np.arange(1, N_ITEMS), N_CANDIDATES, replace=False)
-    user_batch, candidate_batch = build_batches(
-        spec, 3, user, candidates, np.zeros(N_CANDIDATES, np.int64), request_time=length
-    )
-    return scorer, trim_history_padding(user_batch), candidate_batch
+    return scorer, user_batch, candidate_batch
 
 
 @torch.no_grad()

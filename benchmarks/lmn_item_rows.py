@@ -45,7 +45,11 @@ def omp_threads_of_this_thread(threads: int) -> None:
     assert torch.get_num_threads() == threads
 
 
-def measure(length: int, rounds: int, repeats: int, reads_pool: bool = False) -> dict:
+def ranker_scorer(name: str, length: int, on_gather=None):
+    """The ranker's scorer (``ModelScorer``, fused attention on where the model has it, not compiled)
+    around a random ``name`` model, and one request of 100 candidates with a full ``length`` history. LMN
+    reads its memory from two in-process shards, with its query biases zeroed (module doc); ``on_gather``,
+    if given, sees each shard call's slot count. Also used by ``attention_threads.py``."""
     from longrec.memory.sharded import ShardedMemory
     from longrec.models.registry import build_model
     from longrec.serving.demo import demo_spec
@@ -55,31 +59,30 @@ def measure(length: int, rounds: int, repeats: int, reads_pool: bool = False) ->
 
     torch.manual_seed(0)
     spec = demo_spec(n_users=200, n_items=N_ITEMS, max_history_length=length)
-    model = build_model("lmn", spec, {"memory_slots": SLOTS}).eval()
-    with torch.no_grad():
-        model.query.item_projection.bias.zero_()
-        model.query.user_projection.bias.zero_()
-    local = ShardedMemory.from_memory(model.memory, 2)
-    index = MemoryIndex(
-        local.config, local.row_keys, local.col_keys, [{"start": a, "stop": b} for a, b in local.ranges]
-    )
-    distinct: list[int] = []
-
-    def client(shard: int):
-        start, values = local.ranges[shard][0], local.shards[shard].numpy()
-
-        def gather(slots: np.ndarray) -> np.ndarray:
-            distinct.append(len(slots))
-            return values[slots - start]
-
-        return gather
-
+    model = build_model(name, spec, {"memory_slots": SLOTS} if name == "lmn" else {}).eval()
     scorer = ModelScorer.__new__(ModelScorer)  # the ranker's scorer around this in-memory model
-    scorer.model, scorer.spec, scorer.name, scorer.tag = model, spec, "lmn", "bench"
+    scorer.model, scorer.spec, scorer.name, scorer.tag = model, spec, name, "bench"
     scorer.enable_fused_attention()
-    scorer.attach_memory(RemoteShardedMemory(index, [client(0), client(1)], timeout_s=30))
-    table = model._item_rows  # built by attach_memory, as served
+    if name == "lmn":
+        with torch.no_grad():
+            model.query.item_projection.bias.zero_()
+            model.query.user_projection.bias.zero_()
+        local = ShardedMemory.from_memory(model.memory, 2)
+        index = MemoryIndex(
+            local.config, local.row_keys, local.col_keys, [{"start": a, "stop": b} for a, b in local.ranges]
+        )
 
+        def client(shard: int):
+            start, values = local.ranges[shard][0], local.shards[shard].numpy()
+
+            def gather(slots: np.ndarray) -> np.ndarray:
+                if on_gather is not None:
+                    on_gather(len(slots))
+                return values[slots - start]
+
+            return gather
+
+        scorer.attach_memory(RemoteShardedMemory(index, [client(0), client(1)], timeout_s=30))
     rng = np.random.default_rng(0)
     user = UserFeatures(
         rng.integers(1, N_ITEMS, length),
@@ -91,7 +94,14 @@ def measure(length: int, rounds: int, repeats: int, reads_pool: bool = False) ->
     user_batch, candidate_batch = build_batches(
         spec, 3, user, candidates, np.zeros(N_CANDIDATES, np.int64), request_time=length
     )
-    user_batch = trim_history_padding(user_batch)
+    return scorer, trim_history_padding(user_batch), candidate_batch
+
+
+def measure(length: int, rounds: int, repeats: int, reads_pool: bool = False) -> dict:
+    distinct: list[int] = []
+    scorer, user_batch, candidate_batch = ranker_scorer("lmn", length, on_gather=distinct.append)
+    model = scorer.model
+    table = model._item_rows  # built by attach_memory, as served
 
     def with_table(on: bool, call):
         def run():
