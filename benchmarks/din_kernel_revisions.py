@@ -52,7 +52,9 @@ def build_revision(revision: str, directory: Path) -> ctypes.CDLL:
 
 
 @torch.no_grad()
-def measure(length: int, before: ctypes.CDLL, before_lanes: int, rounds: int, repeats: int) -> dict:
+def measure(
+    length: int, before: ctypes.CDLL, before_padding: tuple[int, int], rounds: int, repeats: int
+) -> dict:
     from longrec.kernels import din_attention
     from longrec.models.din import ActivationUnit
 
@@ -72,12 +74,15 @@ def measure(length: int, before: ctypes.CDLL, before_lanes: int, rounds: int, re
         history, history_term, target, torch.ones(N_CANDIDATES, length, dtype=torch.bool)
     )
     din_attention._load()
-    kernels = {"before": (before, before_lanes), "after": (din_attention._state["library"], din_attention.LANES)}
-    after_lanes = din_attention.LANES
+    # Each kernel with the padding its Python side gave it: (library, width multiple, row multiple).
+    kernels = {
+        "before": (before, *before_padding),
+        "after": (din_attention._state["library"], din_attention.LANES, din_attention.ROWS),
+    }
 
     def call(name: str):
-        library, lanes = kernels[name]
-        din_attention._state["library"], din_attention.LANES = library, lanes
+        library, din_attention.LANES, din_attention.ROWS = kernels[name]
+        din_attention._state["library"] = library
         return din_attention.fused_scores(unit, history, history_term, target, target_term)
 
     row: dict = {"L": length, "candidates": N_CANDIDATES}
@@ -95,7 +100,7 @@ def measure(length: int, before: ctypes.CDLL, before_lanes: int, rounds: int, re
                         call(name)
                         times[f"{name}_t{threads}"].append((time.perf_counter() - start) * 1e3)
     finally:
-        din_attention._state["library"], din_attention.LANES = kernels["after"][0], after_lanes
+        din_attention._state["library"], din_attention.LANES, din_attention.ROWS = kernels["after"]
     for key, values in times.items():
         row[f"{key}_min_ms"] = round(min(values), 2)
         row[f"{key}_median_ms"] = round(statistics.median(values), 2)
@@ -113,8 +118,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--before", required=True, help="the commit whose kernel source is 'before'")
     parser.add_argument(
-        "--before-lanes", type=int, default=16, help="the width padding that commit's kernel takes (16 before "
-        "2026-12-03's 8-float tail)",
+        "--before-lanes", type=int, default=8, help="the width padding that commit's kernel takes: 16 before "
+        "396f55e (the 8-float tail), 8 from it until the transposed kernel, 1 since",
+    )  # fmt: skip
+    parser.add_argument(
+        "--before-rows", type=int, default=4, help="the row padding that commit's kernel takes: 4 until the "
+        "transposed kernel, 1 since",
     )  # fmt: skip
     parser.add_argument("--lengths", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--rounds", type=int, default=25)
@@ -124,9 +133,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as directory:
         before = build_revision(args.before, Path(directory))
         rows = rows_by_length(
-            lambda length: measure(length, before, args.before_lanes, args.rounds, args.repeats), args.lengths
+            lambda length: measure(
+                length, before, (args.before_lanes, args.before_rows), args.rounds, args.repeats
+            ),
+            args.lengths,
         )
-    print(f"\n| L | threads | before ({args.before}) min | after min | ratio | before median | after median | ratio |")
+    print(
+        f"\n| L | threads | before ({args.before}) min | after min | ratio | before median | after median | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         for t in (1, 2):

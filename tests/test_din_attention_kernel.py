@@ -47,9 +47,10 @@ def test_the_kernel_builds_here() -> None:
 )
 @torch.no_grad()
 def test_fused_scores_equal_the_torch_path(activation, length, candidates, hidden) -> None:
-    """Every activation; widths that are multiples of 16, of 8 only (the kernel's 8-float tail, alone or
-    after 2, 3 or 6 whole vectors), and neither; one to three hidden layers; a history shorter than the
-    kernel's tile and one not a multiple of its row block; one candidate."""
+    """Every activation; widths that fill the kernel's 12-column panels (96) and that end in a part panel
+    (5, 17, 33, 40, 80, 104, 112); one to three hidden layers; histories shorter than one 16-position
+    vector (1, 12), not a multiple of 16 (37, 130), ending in a tile of 16 after whole 64-position tiles
+    (130), or of 32 + 16 (37); one candidate."""
     unit = _unit(activation, hidden)
     history = torch.randn(1, length, 32) * 0.3
     target = torch.randn(candidates, 32) * 0.3

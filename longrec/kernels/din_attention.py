@@ -51,8 +51,10 @@ _state: dict[str, Any] = {}  # "library" once loaded, or "error" once that faile
 _threads: dict[str, int] = {}  # "count": the kernel's own thread count, once set_kernel_threads set one
 
 ACTIVATION_CODES = {"Dice": 0, "PReLU": 1, "_Sigmoid": 2}
-LANES = 8  # the kernel's narrowest vector in floats: layer widths are zero-padded to a multiple
-ROWS = 4  # the kernel's register block: history rows are zero-padded to a multiple
+# The padding the kernel needs: none since it keeps positions in vector lanes (it pads them itself). It took
+# widths padded to 8 and rows to 4 until then; benchmarks/din_kernel_revisions.py sets these to time it.
+LANES = 1  # layer widths are zero-padded to a multiple of this
+ROWS = 1  # history rows are zero-padded to a multiple of this
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 
 
@@ -281,8 +283,8 @@ def fused_scores(unit, history: Tensor, history_term: Tensor, target: Tensor, ta
     """``ActivationUnit.score_targets`` for one history through the fused kernel: [C, L] raw scores.
 
     history [1, L, d], history_term [1, L, H1] (``unit.history_term``), target [C, d], target_term [C, H1]
-    (the target half with the first layer's bias). Pads rows to a multiple of 4 and widths to a multiple of
-    8 with zeros and cuts the scores back to L.
+    (the target half with the first layer's bias). Pads rows to a multiple of ``ROWS`` and widths to one
+    of ``LANES`` with zeros (1 and 1: none, for today's kernel) and cuts the scores back to L.
     """
     length = history.shape[1]
     rows = -(-length // ROWS) * ROWS
