@@ -10,6 +10,11 @@ this run.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/din_kernel_revisions.py --before 38ef55c \\
         --json benchmarks/results/din_kernel_revisions.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/din_kernel_revisions.py --before 7f07478 \\
+        --before-lanes 8 --before-rows 4 --lengths 50 200 1000 \\
+        --json benchmarks/results/din_kernel_transposed.json
+
+``--before-lanes`` and ``--before-rows`` give the padding that commit's Python side gave its kernel.
 """
 
 from __future__ import annotations
@@ -118,12 +123,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--before", required=True, help="the commit whose kernel source is 'before'")
     parser.add_argument(
-        "--before-lanes", type=int, default=8, help="the width padding that commit's kernel takes: 16 before "
-        "396f55e (the 8-float tail), 8 from it until the transposed kernel, 1 since",
+        "--before-lanes", type=int, default=16, help="the width padding that commit's kernel takes: 16 before "
+        "396f55e (the 8-float tail), 8 from it until a8dc68d (positions in lanes), 1 since",
     )  # fmt: skip
     parser.add_argument(
-        "--before-rows", type=int, default=4, help="the row padding that commit's kernel takes: 4 until the "
-        "transposed kernel, 1 since",
+        "--before-rows", type=int, default=4, help="the row padding that commit's kernel takes: 4 before "
+        "a8dc68d, 1 since",
     )  # fmt: skip
     parser.add_argument("--lengths", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--rounds", type=int, default=25)

@@ -15,12 +15,13 @@
 // op). A register block is 32 positions × 12 columns (24 accumulators; 16 positions for a history's last
 // 16); each output sums its k terms in order from its initial value, and each layer's bias, activation
 // and (last layer) output weights are applied in registers. The output layer is plain vector FMAs over
-// positions, with no horizontal sums. (Positions in rows and columns in lanes, the layout before, ran its
-// GEMMs at ~60 % of the FMA ports' peak: each row's broadcast competed with the FMAs for a port, and each
-// score ended in a horizontal sum.) Any width and any L: the kernel pads positions to a multiple of 16
-// with zeros itself and writes only the L real scores. GCC vector extensions, which
-// compile to AVX-512, AVX2, SSE or NEON, whatever -march=native offers. The sigmoid uses a Cephes
-// polynomial exp (relative error ~1e-7), so scores agree with torch's to ~1e-6, not bit for bit.
+// positions, with no horizontal sums. (The layout before, positions in rows and columns in lanes,
+// broadcast each row's input from a register, which took an FMA port per row and k, and ended each
+// score in a horizontal sum; benchmarks/din_kernel_revisions.py times the two.) Any width and any L: the
+// kernel pads positions to a multiple of 16 with zeros itself and writes only the L real scores.
+// GCC vector extensions, which compile to AVX-512, AVX2, SSE or NEON, whatever -march=native offers. The
+// sigmoid uses a Cephes polynomial exp (relative error ~1e-7), so scores agree with torch's to ~1e-6,
+// not bit for bit.
 // Forward only, float32, eval mode (Dice with its running statistics). Plain C ABI, no torch headers:
 // built by g++ in a second or two and called through ctypes (longrec/kernels/din_attention.py).
 
@@ -149,8 +150,8 @@ void panel(const float* in, int64_t ldi, int64_t K, const float* W, int64_t ldw,
 }
 
 template <int R>
-void panel_of(int64_t columns, const float* in, int64_t ldi, int64_t K, const float* W, int64_t ldw, float* out,
-              int64_t ldo, const LayerEnds& ends, int64_t col0) {
+void panel_of(int64_t columns, const float* in, int64_t ldi, int64_t K, const float* W, int64_t ldw,
+              float* out, int64_t ldo, const LayerEnds& ends, int64_t col0) {
   switch (columns) {
     case 1: panel<1, R>(in, ldi, K, W, ldw, out, ldo, ends, col0); break;
     case 2: panel<2, R>(in, ldi, K, W, ldw, out, ldo, ends, col0); break;
@@ -233,7 +234,8 @@ extern "C" void din_attention_scores(const float* history, const float* history_
 #pragma omp for schedule(dynamic, 8)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t k = 0; k < d; ++k)
-        for (int64_t n = 0; n < H1; ++n) per_candidate[(c * d + k) * H1 + n] = w_prod_t[k * H1 + n] * target[c * d + k];
+        for (int64_t n = 0; n < H1; ++n)
+          per_candidate[(c * d + k) * H1 + n] = w_prod_t[k * H1 + n] * target[c * d + k];
 
     std::vector<float> buffer_a(kBlockRows * widest), buffer_b(kBlockRows * widest);
     // Dynamic: on 2 cores shared with the HTTP server, a thread the OS preempts would otherwise hold up
@@ -253,7 +255,8 @@ extern "C" void din_attention_scores(const float* history, const float* history_
                        ends);
       for (int64_t k = 1; k < n_layers; ++k) {
         const bool last = k == n_layers - 1;
-        const LayerEnds layer{nullptr, 0, biases[k], &acts[k], last ? w_out : nullptr, last ? block : nullptr};
+        const LayerEnds layer{
+            nullptr, 0, biases[k], &acts[k], last ? w_out : nullptr, last ? block : nullptr};
         layer_transposed(h, kBlockRows, rows, widths[k - 1], weights_t[k], widths[k], next, kBlockRows,
                          layer);
         std::swap(h, next);
