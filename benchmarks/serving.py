@@ -7,8 +7,8 @@ a Feast SQLite online store, random weights (serving cost does not depend on the
 offline forward is tested in tests/test_serving*.py). A bounded async httpx loop sends /rank requests with
 100 candidates: at concurrency 1 for p50/p99 latency, then at concurrency 4 for throughput. Beside it, the
 same request in process: the eager ``forward`` of 100 rows (what offline evaluation runs) and the split
-``encode_user`` + ``score_candidates`` the service runs (LMN reading in-memory shards; DIN's and LMN's
-attention through the fused CPU kernel, as served, unless ``--fused-attention off``). The overhead ratio
+``encode_user`` + ``score_candidates`` the service runs (LMN reading in-memory shards; DIN's, LMN's and
+IMN's attention through the fused CPU kernel, as served, unless ``--fused-attention off``). The overhead ratio
 is served p50 / split p50: HTTP, Feast read, JSON and (LMN) the shard calls. Around the one-client /rank
 phase it also reads the services' /metrics twice and reports ("breakdown_ms", and a second table) the mean
 milliseconds per request of each part they measure: the ranker's HTTP request, ``rank()``, its stages
@@ -367,7 +367,7 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "lmn_query_bias": args.lmn_query_bias if name == "lmn" else None,
         "shards": len(config.shard_tags),
         "compile": config.compile,
-        "fused_attention": fused,  # DIN's attention (DIN, LMN) through longrec.kernels.din_attention
+        "fused_attention": fused,  # the attention (DIN, LMN, IMN) through longrec.kernels.din_attention
         "torch_threads": threads,  # in process
         "attention_threads": kernel_threads() if fused else None,  # in process, the fused kernel's
         "served_torch_threads": served_threads["torch"],  # the server's own choice (its /metrics)
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--fused-attention",
         choices=("on", "off"),
         default="on",
-        help="the served config's fused CPU attention kernel for DIN and LMN (the serving default is on)",
+        help="the served config's fused CPU attention kernel for DIN, LMN and IMN (the serving default is on)",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="clients of the throughput phase")
     parser.add_argument(

@@ -379,7 +379,7 @@ def serve(
     attention_threads: int = typer.Option(
         None,
         min=0,
-        help="DIN's and LMN's fused attention kernel's own threads (default 0: chosen at start-up with "
+        help="The fused attention kernel's own threads (DIN, LMN, IMN) (default 0: chosen at start-up with "
         "--threads, the fastest of 1 for both, every usable CPU for both, and 1 for torch with every CPU for "
         "the kernel; with --threads N alone, N). Same as LONGREC_ATTENTION_THREADS.",
     ),

@@ -103,11 +103,11 @@ def test_the_kernel_uses_every_thread_and_gives_the_same_scores() -> None:
     assert torch.equal(one, two) and torch.equal(one, own)  # tiles are independent: threads change nothing
 
 
-@pytest.mark.parametrize("name", ["din", "lmn"])
+@pytest.mark.parametrize("name", ["din", "lmn", "imn"])
 @torch.no_grad()
 def test_models_score_candidates_through_the_kernel_as_through_torch(name: str) -> None:
-    """DIN and LMN (the same backbone) with the kernel switched on, eager and compiled, give the torch
-    path's logits; padded history positions stay out (mask applied after the kernel)."""
+    """DIN and LMN (the same backbone) and IMN with the kernel switched on, eager and compiled, give the
+    torch path's logits; padded history positions stay out (mask applied after the kernel)."""
     from longrec.serving.ranker import ModelScorer, _synthetic_batches
 
     torch.manual_seed(3)
@@ -120,13 +120,33 @@ def test_models_score_candidates_through_the_kernel_as_through_torch(name: str) 
         torch.randint(1, 60, user_batch["history_items"].shape) * user_batch["history_mask"].long()
     )
     expected = model.score_candidates(model.encode_user(user_batch), candidate_batch)
-    assert model.backbone.attention.enable_fused_cpu_scoring()
+    attention = model.attention if name == "imn" else model.backbone.attention
+    assert attention.enable_fused_cpu_scoring()
     eager = model.score_candidates(model.encode_user(user_batch), candidate_batch)
     compiled = torch.compile(model.score_candidates, dynamic=True)(
         model.encode_user(user_batch), candidate_batch
     )
     torch.testing.assert_close(eager, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(compiled, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("length", "candidates", "hidden"), [(130, 7, 64), (1, 1, 5), (37, 3, 33)])
+@torch.no_grad()
+def test_unit_scores_equal_the_torch_path(length, candidates, hidden) -> None:
+    """The kernel's second entry point (each candidate's first-layer matrix given, sigmoid, one hidden
+    layer: IMN's multi-way attention) against torch, for several lengths and widths."""
+    from longrec.kernels.din_attention import unit_scores
+
+    torch.manual_seed(1)
+    output = torch.nn.Linear(hidden, 1)
+    history = torch.randn(length, 32) * 0.3
+    per_candidate = torch.randn(candidates, 32, hidden) * 0.3
+    target_term = torch.randn(candidates, hidden)
+    expected = output(torch.sigmoid(torch.matmul(history, per_candidate) + target_term.unsqueeze(1))).squeeze(
+        -1
+    )
+    got = unit_scores(history, per_candidate, target_term, output, "sigmoid")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 def test_without_the_kernel_the_torch_path_serves(monkeypatch) -> None:

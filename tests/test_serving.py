@@ -498,7 +498,7 @@ def test_trimmed_history_scores_equal_the_padded_length(long_models, name: str) 
 
     def ranker(trim: bool, compiled: bool) -> Ranker:
         scorer = ModelScorer(long_models / name, f"trim-{name}")
-        if compiled:  # as served: the fused attention kernel (DIN, LMN) inside the compiled graph
+        if compiled:  # as served: the fused attention kernel (DIN, LMN, IMN) inside the compiled graph
             scorer.enable_fused_attention()
             scorer.enable_compile()
         if scorer.needs_memory and trim:  # as served: shard clients, reads beside the attention

@@ -125,6 +125,18 @@ def _load() -> Any | None:
                 ctypes.c_void_p,  # scores
                 ctypes.c_int64,  # threads
             ]
+            library.attention_unit_scores.restype = None
+            library.attention_unit_scores.argtypes = [ctypes.c_void_p] * 7 + [
+                ctypes.c_int64,  # n_layers
+                ctypes.c_int64,  # activation
+                ctypes.c_void_p,  # w_out
+                ctypes.c_float,  # b_out
+                ctypes.c_int64,  # L
+                ctypes.c_int64,  # d
+                ctypes.c_int64,  # C
+                ctypes.c_void_p,  # scores
+                ctypes.c_int64,  # threads
+            ]
             _state["library"] = library
         except Exception as error:  # no compiler, no writable cache: the torch path serves
             _state["error"] = f"{type(error).__name__}: {error}".strip()
@@ -188,24 +200,11 @@ def _scores_op(
     count, first_width = target.shape[0], w_prod_t.shape[1]
     n_layers = len(act_params)
     widths = torch.tensor([first_width] + [w.shape[1] for w in weights_t], dtype=torch.int64)
-    for tensor in (
-        history,
-        history_term,
-        target,
-        target_term,
-        w_prod_t,
-        w_out,
-        *weights_t,
-        *biases,
-        *act_params,
-    ):
-        if tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
-            raise ValueError("din_attention_scores takes contiguous float32 CPU tensors")
+    _check_inputs(
+        history, history_term, target, target_term, w_prod_t, w_out, *weights_t, *biases, *act_params
+    )
     if length % ROWS or any(int(width) % LANES for width in widths):
         raise ValueError(f"history rows must be padded to a multiple of {ROWS}, widths to one of {LANES}")
-
-    def pointers(tensors: list[Tensor]):
-        return (ctypes.c_void_p * n_layers)(None, *(t.data_ptr() for t in tensors))
 
     scores = history.new_empty((count, length))
     scratch = history.new_empty(count * dim * first_width)
@@ -215,8 +214,8 @@ def _scores_op(
         target.data_ptr(),
         target_term.data_ptr(),
         w_prod_t.data_ptr(),
-        pointers(weights_t),
-        pointers(biases),
+        _layer_pointers(weights_t, n_layers),
+        _layer_pointers(biases, n_layers),
         (ctypes.c_void_p * n_layers)(*(t.data_ptr() for t in act_params)),
         widths.data_ptr(),
         n_layers,
@@ -248,6 +247,96 @@ def _(
     b_out,
 ):
     return history.new_empty((target.shape[0], history.shape[0]))
+
+
+def _layer_pointers(tensors: list[Tensor], n_layers: int):
+    """Layers 1.. of a unit as the kernel takes them: a pointer per layer, none for the first."""
+    return (ctypes.c_void_p * n_layers)(None, *(t.data_ptr() for t in tensors))
+
+
+def _check_inputs(*tensors: Tensor) -> None:
+    for tensor in tensors:
+        if tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
+            raise ValueError("the attention kernels take contiguous float32 CPU tensors")
+
+
+@torch.library.custom_op("longrec::attention_unit_scores", mutates_args=())
+def _unit_scores_op(
+    history: Tensor,
+    per_candidate: Tensor,
+    target_term: Tensor,
+    weights_t: list[Tensor],
+    biases: list[Tensor],
+    act_params: list[Tensor],
+    activation: int,
+    w_out: Tensor,
+    b_out: Tensor,
+) -> Tensor:
+    library = _load()
+    if library is None:
+        raise RuntimeError(f"the fused attention kernel is unavailable: {_state.get('error')}")
+    record_backend("attention_unit", "cpu-fused")
+    length, dim = history.shape
+    count, first_width = target_term.shape
+    n_layers = len(act_params)
+    if per_candidate.shape != (count, dim, first_width):
+        raise ValueError(
+            f"per_candidate must be [{count}, {dim}, {first_width}], got {list(per_candidate.shape)}"
+        )
+    _check_inputs(history, per_candidate, target_term, w_out, *weights_t, *biases, *act_params)
+    widths = torch.tensor([first_width] + [w.shape[1] for w in weights_t], dtype=torch.int64)
+    scores = history.new_empty((count, length))
+    library.attention_unit_scores(
+        history.data_ptr(),
+        per_candidate.data_ptr(),
+        target_term.data_ptr(),
+        _layer_pointers(weights_t, n_layers),
+        _layer_pointers(biases, n_layers),
+        (ctypes.c_void_p * n_layers)(*(t.data_ptr() for t in act_params)),
+        widths.data_ptr(),
+        n_layers,
+        activation,
+        w_out.data_ptr(),
+        float(b_out.item()),
+        length,
+        dim,
+        count,
+        scores.data_ptr(),
+        kernel_threads(),
+    )
+    return scores
+
+
+@_unit_scores_op.register_fake
+def _(history, per_candidate, target_term, weights_t, biases, act_params, activation, w_out, b_out):
+    return history.new_empty((target_term.shape[0], history.shape[0]))
+
+
+def unit_scores(
+    history: Tensor, per_candidate: Tensor, target_term: Tensor, output: torch.nn.Linear, activation: str
+) -> Tensor:
+    """One hidden layer's attention unit over C candidates × one history, through the kernel: [C, L] raw
+    scores ``output(act(per_candidate[c]ᵀ · e_l + target_term[c]))``.
+
+    history [L, d]; per_candidate [C, d, H] (candidate c's first-layer matrix, transposed); target_term
+    [C, H] (its bias); ``output`` the H → 1 layer; ``activation`` "sigmoid" (IMN's multi-way attention).
+    """
+    if activation != "sigmoid":
+        raise ValueError(f"unit_scores supports the sigmoid activation, got {activation!r}")
+    width = target_term.shape[1]
+    act_params = torch.zeros(3, width)
+    act_params[1] = 1.0
+    return _unit_scores_op(
+        history.contiguous(),
+        per_candidate.contiguous(),
+        target_term.contiguous(),
+        [],
+        [],
+        [act_params],
+        ACTIVATION_CODES["_Sigmoid"],
+        output.weight[0].contiguous(),
+        output.bias.reshape(1).contiguous(),
+    )
 
 
 def _pad_last(x: Tensor, width: int, value: float = 0.0) -> Tensor:

@@ -187,18 +187,15 @@ void layer_transposed(const float* in, int64_t ldi, int64_t rows, int64_t K, con
 
 }  // namespace
 
-// history [L, d] and history_term [L, H1]. target [C, d], target_term [C, H1]. widths[k]
-// (k = 0..n_layers-1): layer k's output width; w_prod_t
-// [d, H1]; weights_t[k] [widths[k-1], widths[k]] and biases[k] for k >= 1; act_params[k] [3, widths[k]]
-// (mean, inv_std, alpha) for the activation after layer k. w_out [widths[last]], b_out. per_candidate:
-// scratch of C * d * H1 floats. Writes scores [C, L]. Runs on `threads` OpenMP threads.
-extern "C" void din_attention_scores(const float* history, const float* history_term, const float* target,
-                                     const float* target_term, const float* w_prod_t,
-                                     const float* const* weights_t, const float* const* biases,
-                                     const float* const* act_params, const int64_t* widths, int64_t n_layers,
-                                     int64_t activation, const float* w_out, float b_out, int64_t L,
-                                     int64_t d, int64_t C, float* per_candidate, float* scores,
-                                     int64_t threads) {
+namespace {
+
+// Both entry points below. history_term may be null (no A term); target and w_prod_t null: per_candidate
+// already holds the caller's M_c.
+void attention_scores(const float* history, const float* history_term, const float* target,
+                      const float* target_term, const float* w_prod_t, const float* const* weights_t,
+                      const float* const* biases, const float* const* act_params, const int64_t* widths,
+                      int64_t n_layers, int64_t activation, const float* w_out, float b_out, int64_t L,
+                      int64_t d, int64_t C, float* per_candidate, float* scores, int64_t threads) {
   const int64_t H1 = widths[0];
   int64_t widest = 0;
   for (int64_t k = 0; k < n_layers; ++k) widest = std::max(widest, widths[k]);
@@ -221,21 +218,26 @@ extern "C" void din_attention_scores(const float* history, const float* history_
   // Positions padded to whole vectors; the history and its term transposed ([d][Lp], [H1][Lp]), zero padded.
   const int64_t Lp = (L + kLanes - 1) / kLanes * kLanes;
   const int64_t blocks = (Lp + kBlockRows - 1) / kBlockRows;
-  std::vector<float> history_t(d * Lp, 0.0f), term_t(H1 * Lp, 0.0f);
+  std::vector<float> history_t(d * Lp, 0.0f), term_t(history_term ? H1 * Lp : 0, 0.0f);
 
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(static) nowait
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t k = 0; k < d; ++k) history_t[k * Lp + l] = history[l * d + k];
-      for (int64_t n = 0; n < H1; ++n) term_t[n * Lp + l] = history_term[l * H1 + n];
+      if (history_term)
+        for (int64_t n = 0; n < H1; ++n) term_t[n * Lp + l] = history_term[l * H1 + n];
     }
-    // M_c = diag(v_c) · W_prod^T for every candidate: [C, d, H1]. (This loop's barrier covers both.)
+    if (target) {
+      // M_c = diag(v_c) · W_prod^T for every candidate: [C, d, H1]. (This loop's barrier covers both.)
 #pragma omp for schedule(dynamic, 8)
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t k = 0; k < d; ++k)
-        for (int64_t n = 0; n < H1; ++n)
-          per_candidate[(c * d + k) * H1 + n] = w_prod_t[k * H1 + n] * target[c * d + k];
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t k = 0; k < d; ++k)
+          for (int64_t n = 0; n < H1; ++n)
+            per_candidate[(c * d + k) * H1 + n] = w_prod_t[k * H1 + n] * target[c * d + k];
+    } else {
+#pragma omp barrier
+    }
 
     std::vector<float> buffer_a(kBlockRows * widest), buffer_b(kBlockRows * widest);
     // Dynamic: on 2 cores shared with the HTTP server, a thread the OS preempts would otherwise hold up
@@ -249,7 +251,8 @@ extern "C" void din_attention_scores(const float* history, const float* history_
       alignas(64) float block[kBlockRows];
       for (int64_t r = 0; r < rows; ++r) block[r] = b_out;
       // Layer 1 starts from A[l] + B[c] and adds M_c^T · E_block.
-      LayerEnds ends{term_t.data() + l0, Lp, target_term + c * H1, &acts[0], nullptr, nullptr};
+      LayerEnds ends{history_term ? term_t.data() + l0 : nullptr, Lp, target_term + c * H1, &acts[0], nullptr,
+                     nullptr};
       if (n_layers == 1) ends.w_out = w_out, ends.score = block;
       layer_transposed(history_t.data() + l0, Lp, rows, d, per_candidate + c * d * H1, H1, h, kBlockRows,
                        ends);
@@ -264,4 +267,37 @@ extern "C" void din_attention_scores(const float* history, const float* history_
       std::memcpy(scores + c * L + l0, block, std::min(kBlockRows, L - l0) * sizeof(float));
     }
   }
+}
+
+}  // namespace
+
+// DIN: history [L, d] and history_term [L, H1]. target [C, d], target_term [C, H1]. widths[k]
+// (k = 0..n_layers-1): layer k's output width; w_prod_t
+// [d, H1]; weights_t[k] [widths[k-1], widths[k]] and biases[k] for k >= 1; act_params[k] [3, widths[k]]
+// (mean, inv_std, alpha) for the activation after layer k. w_out [widths[last]], b_out. per_candidate:
+// scratch of C * d * H1 floats. Writes scores [C, L]. Runs on `threads` OpenMP threads.
+extern "C" void din_attention_scores(const float* history, const float* history_term, const float* target,
+                                     const float* target_term, const float* w_prod_t,
+                                     const float* const* weights_t, const float* const* biases,
+                                     const float* const* act_params, const int64_t* widths, int64_t n_layers,
+                                     int64_t activation, const float* w_out, float b_out, int64_t L,
+                                     int64_t d, int64_t C, float* per_candidate, float* scores,
+                                     int64_t threads) {
+  attention_scores(history, history_term, target, target_term, w_prod_t, weights_t, biases, act_params,
+                   widths, n_layers, activation, w_out, b_out, L, d, C, per_candidate, scores, threads);
+}
+
+// The same unit with each candidate's first-layer matrix given: per_candidate [C, d, H1] (M_c, the first
+// layer's weights on e_l for candidate c) and target_term [C, H1] its bias, no history term. IMN's
+// multi-way attention is this: W·[e − m; e − v; e ⊙ m; e ⊙ v] = M_c·e − A·m_c − B·v_c + b.
+extern "C" void attention_unit_scores(const float* history, const float* per_candidate,
+                                      const float* target_term, const float* const* weights_t,
+                                      const float* const* biases, const float* const* act_params,
+                                      const int64_t* widths, int64_t n_layers, int64_t activation,
+                                      const float* w_out, float b_out, int64_t L, int64_t d, int64_t C,
+                                      float* scores, int64_t threads) {
+  // Without a target the implementation only reads per_candidate.
+  float* matrices = const_cast<float*>(per_candidate);
+  attention_scores(history, nullptr, nullptr, target_term, nullptr, weights_t, biases, act_params, widths,
+                   n_layers, activation, w_out, b_out, L, d, C, matrices, scores, threads);
 }

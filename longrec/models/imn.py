@@ -103,6 +103,10 @@ class MultiWayAttention(nn.Module):
     config keeps); ``forward`` applies it decomposed, one ``baddbmm`` per call.
     """
 
+    # Serving on CPU sets this (``enable_fused_cpu_scoring``): ``shared_history_weights`` then runs the
+    # fused kernel (longrec.kernels.din_attention.unit_scores).
+    fused_cpu_scoring: bool = False
+
     def __init__(self, dim: int, hidden: int, euclidean_terms: bool, use_target: bool) -> None:
         super().__init__()
         self.dim = dim
@@ -125,21 +129,51 @@ class MultiWayAttention(nn.Module):
         blocks = [history - operands[t[2]] if t[1] == "-" else history * operands[t[2]] for t in self.terms]
         return torch.cat([block.expand_as(history) for block in blocks], dim=-1)
 
-    def forward(self, history: Tensor, memory: Tensor, target: Tensor) -> Tensor:
-        """Unmasked weights a_j ∈ (0, 1) of every position: [B, L, d] × [B, d] × [B, d] → [B, L]."""
+    def decomposed(self, memory: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The first layer per sample: matrix [B, H, d] on e and bias [B, H], for memory and target [B, d]."""
         blocks = dict(zip(self.terms, self.input_layer.weight.split(self.dim, dim=1), strict=True))
         operands = {"m": memory, "v": target}
         shared = sum((w for t, w in blocks.items() if t[1] == "-"), torch.zeros_like(blocks["e*m"]))
         matrix = shared  # [H, d] → per-sample [B, H, d] once a product term is added
-        bias = self.input_layer.bias.expand(history.shape[0], -1)  # [B, H]
+        bias = self.input_layer.bias.expand(memory.shape[0], -1)  # [B, H]
         for term, weight in blocks.items():
             operand = operands[term[2]]
             if term[1] == "-":  # W·(e − o) = W·e − W·o: W·e is in `shared`
                 bias = bias - F.linear(operand, weight)
             else:  # W·(e ⊙ o) = (W·diag(o))·e
                 matrix = matrix + weight * operand.unsqueeze(1)
+        return matrix, bias
+
+    def forward(self, history: Tensor, memory: Tensor, target: Tensor) -> Tensor:
+        """Unmasked weights a_j ∈ (0, 1) of every position: [B, L, d] × [B, d] × [B, d] → [B, L]."""
+        matrix, bias = self.decomposed(memory, target)
         hidden = torch.sigmoid(torch.baddbmm(bias.unsqueeze(1), history, matrix.transpose(1, 2)))
         return torch.sigmoid(self.output_layer(hidden).squeeze(-1))
+
+    def enable_fused_cpu_scoring(self) -> bool:
+        """Score candidates through the fused CPU kernel from now on; False, and the torch path stays,
+        where the kernel cannot be built. Eval mode only."""
+        from longrec.kernels.din_attention import din_kernel_available
+
+        self.fused_cpu_scoring = din_kernel_available()
+        return self.fused_cpu_scoring
+
+    def shared_history_weights(self, history: Tensor, memory: Tensor, target: Tensor) -> Tensor:
+        """``forward`` for C samples that share one history (serving's candidates): history [L, d],
+        memory and target [C, d] → unmasked weights [C, L]. The history is not copied per candidate; with
+        ``fused_cpu_scoring`` the [C, L, H] hidden layer is never built either."""
+        matrix, bias = self.decomposed(memory, target)
+        if self.fused_cpu_scoring and history.device.type == "cpu" and history.dtype == torch.float32:
+            from longrec.kernels.din_attention import unit_scores
+
+            logits = unit_scores(history, matrix.transpose(1, 2), bias, self.output_layer, "sigmoid")
+        else:
+            # As forward does (baddbmm over the history expanded, a view): torch's broadcast matmul of one
+            # [L, d] against [C, d, H] was slower on 2 threads.
+            rows = history.expand(matrix.shape[0], -1, -1)
+            hidden = torch.sigmoid(torch.baddbmm(bias.unsqueeze(1), rows, matrix.transpose(1, 2)))
+            logits = self.output_layer(hidden).squeeze(-1)
+        return torch.sigmoid(logits)
 
 
 class IMN(CTRModel):
@@ -207,6 +241,24 @@ class IMN(CTRModel):
             weights_per_iteration.append(weights)
         return memory, weights_per_iteration
 
+    def read_shared_history(self, history: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """``read_memory``'s m^N for C targets [C, d] against one user's history ([1, L, d], mask [1, L]):
+        serving's candidates, without expanding the history to C copies."""
+        events = history[0]
+        valid = mask.to(history.dtype)  # [1, L]
+        n_valid = valid.sum(dim=1, keepdim=True).clamp_min(1.0)
+        if self.config.late_cross:
+            memory = (valid @ events / n_valid).expand(target.shape[0], -1)
+        else:
+            memory = target
+        for _ in range(self.config.iterations):
+            weights = self.attention.shared_history_weights(events, memory, target) * valid
+            pooled = weights @ events  # Σ_j a_j e_j: [C, d]
+            if self.config.weight_normalisation == "valid_length":
+                pooled = pooled / n_valid
+            memory = self.memory_cell(pooled, memory)
+        return memory
+
     def enhance(self, memory: Tensor, target: Tensor) -> Tensor:
         """Memory enhancement: T steps of u_t = GRU([W u_{t-1}; v], u_{t-1}), u_0 = m^N."""
         if self.enhance_cell is None or self.enhance_projection is None:
@@ -234,9 +286,7 @@ class IMN(CTRModel):
     def score_candidates(self, user: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
         """Logits [C] of the C targets in ``batch`` for the user of ``encode_user``; equals ``forward``."""
         target = self.item_embedding(batch["target_item"])
-        count = target.shape[0]
-        history = user["history"].expand(count, -1, -1)
-        memory, _ = self.read_memory(history, target, user["mask"].expand(count, -1))
+        memory = self.read_shared_history(user["history"], target, user["mask"])
         state = self.enhance(memory, target)
         head_input = torch.cat([state, target, state * target, self.side(batch)], dim=-1)
         return self.head(head_input).squeeze(-1)

@@ -38,13 +38,13 @@ class ServingConfig:
     # synthetic full-length request (a second core pays for attention over C × L, not for RecBLR's head).
     # Memory shards always use one.
     torch_threads: int = 0
-    # The fused attention kernel's own threads (DIN, LMN): 0 = chosen with torch_threads at start-up among
+    # The fused attention kernel's own threads (DIN, LMN, IMN): 0 = chosen with torch_threads at start-up among
     # (1, 1), (every CPU, every CPU) and (torch 1, kernel every CPU); with torch_threads set, the same count.
     attention_threads: int = 0
     # Score each user's history cut to its valid events (rounded up to 16 positions) instead of the padded
     # L: exact, and the attention's cost follows the user's real history length. False scores all L.
     trim_history_padding: bool = True
-    # DIN's and LMN's attention over C × L through the fused CPU kernel (longrec.kernels.din_attention,
+    # DIN's, LMN's and IMN's attention over C × L through the fused CPU kernel (longrec.kernels.din_attention,
     # built on first use): same scores to ~1e-6, 2-3x faster at long L. False, or a machine where it cannot
     # be built: the torch path.
     fused_attention: bool = True

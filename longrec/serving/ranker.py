@@ -157,11 +157,14 @@ class ModelScorer:
         return reads, bool(getattr(memory, "degraded", False))
 
     def enable_fused_attention(self) -> bool:
-        """DIN's activation unit (DIN, LMN) scores candidates through the fused CPU kernel; False where the
-        model has none or the kernel cannot be built here (the torch path serves, with a warning)."""
+        """DIN's activation unit (DIN, LMN) and IMN's multi-way attention score candidates through the fused
+        CPU kernel; False where the model has neither or the kernel cannot be built here (the torch path
+        serves, with a warning)."""
         from longrec.models.din import ActivationUnit
+        from longrec.models.imn import MultiWayAttention
 
-        units = [module for module in self.model.modules() if isinstance(module, ActivationUnit)]
+        kinds = (ActivationUnit, MultiWayAttention)
+        units = [module for module in self.model.modules() if isinstance(module, kinds)]
         self.fused_attention = bool(units) and all(unit.enable_fused_cpu_scoring() for unit in units)
         return self.fused_attention
 

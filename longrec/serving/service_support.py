@@ -132,7 +132,7 @@ def serving_metrics() -> dict:
             ),
             "attention_threads": Gauge(
                 "longrec_ranker_attention_threads",
-                "The fused attention kernel's threads (DIN, LMN; longrec.kernels.din_attention).",
+                "The fused attention kernel's threads (DIN, LMN, IMN; longrec.kernels.din_attention).",
                 multiprocess_mode="max",
             ),
             "gc_pause": Histogram(
