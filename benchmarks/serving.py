@@ -81,16 +81,23 @@ def make_world(root: Path, length: int, users_with_history: int, lengths_from: s
     return spec, root / name, lengths
 
 
-def served_threads_of(url: str) -> dict[str, int | None]:
+def served_threads_of(url: str) -> dict[str, float | None]:
     """The served ranker's thread counts, from its ``longrec_ranker_torch_threads`` (intra-op) and
-    ``longrec_ranker_attention_threads`` (fused attention kernel) gauges."""
+    ``longrec_ranker_attention_threads`` (fused attention kernel) gauges, and how its start-up choice of
+    them went (measurements taken, other processes' CPUs during the deciding one)."""
     import httpx
 
-    counts: dict[str, int | None] = {"torch": None, "attention": None}
+    counts: dict[str, float | None] = {"torch": None, "attention": None}
+    gauges = {"choice_attempts": "longrec_ranker_thread_choice_attempts",
+              "choice_other_cpus": "longrec_ranker_thread_choice_other_cpus"}  # fmt: skip
+    counts.update(dict.fromkeys(gauges))
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        for key in counts:
+        for key in ("torch", "attention"):
             if line.startswith(f"longrec_ranker_{key}_threads"):
                 counts[key] = int(float(line.split()[-1]))
+        for key, name in gauges.items():
+            if line.startswith(name + " "):
+                counts[key] = float(line.split()[-1])
     return counts
 
 
@@ -372,6 +379,9 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "attention_threads": kernel_threads() if fused else None,  # in process, the fused kernel's
         "served_torch_threads": served_threads["torch"],  # the server's own choice (its /metrics)
         "served_attention_threads": served_threads["attention"] if fused else None,
+        # The served thread choice's measurements (0 other CPUs: it was undisturbed; /metrics gauges).
+        "served_thread_choice_attempts": served_threads["choice_attempts"],
+        "served_thread_choice_other_cpus": served_threads["choice_other_cpus"],
         "concurrency": args.concurrency,
         "ready_s": round(ready_s, 1),
         **{k: round(v, 2) for k, v in bare.items()},

@@ -451,6 +451,49 @@ def test_ranker_threads_are_measured_by_default_and_follow_the_environment(world
         torch.set_num_threads(before)
 
 
+def test_thread_choice_repeats_a_measurement_other_processes_disturbed(world, monkeypatch) -> None:
+    """Other processes busy during the measurement (the machine's busy CPU time grows faster than this
+    process's own): measured again after a pause, and the quiet attempt's timings decide. Busy through
+    every attempt: the least disturbed one decides, after THREAD_CHOICE_ATTEMPTS."""
+    from longrec.kernels.din_attention import kernel_threads, set_kernel_threads
+    from longrec.serving import ranker as ranker_module
+
+    ranker, _ = local_ranker(world, "din")
+    attempts = iter(
+        [  # per attempt: (other processes' busy seconds during it, its timings)
+            (5.0, {(1, 1): 0.010, (1, 2): 0.030, (2, 2): 0.030}),  # a second core looked worthless
+            (0.0, {(1, 1): 0.020, (1, 2): 0.011, (2, 2): 0.015}),
+        ]
+    )
+    busy = {"seconds": 0.0}
+
+    def fake_time_settings(scorer, batches, settings, repeats):
+        other, timings = next(attempts)
+        busy["seconds"] += other
+        return timings
+
+    monkeypatch.setattr(ranker, "_time_settings", fake_time_settings)
+    monkeypatch.setattr(ranker_module, "_busy_cpu_seconds", lambda: busy["seconds"])
+    monkeypatch.setattr(ranker_module, "THREAD_CHOICE_PAUSE_S", 0.0)
+    before = torch.get_num_threads()
+    try:
+        timings = ranker.choose_threads(2, candidates=5, repeats=1)
+        assert timings[(1, 2)] == 0.011 and (torch.get_num_threads(), kernel_threads()) == (1, 2)
+        assert ranker.thread_choice["attempts"] == ranker.thread_choice["deciding_attempt"] == 2
+        assert ranker.thread_choice["other_cpus"] == 0.0  # exported as longrec_ranker_thread_choice_*
+        attempts = iter([(5.0, {(1, 1): 0.010, (1, 2): 0.030, (2, 2): 0.030})] * 3 + [
+            (1.0, {(1, 1): 0.020, (1, 2): 0.012, (2, 2): 0.015})
+        ])  # fmt: skip
+        monkeypatch.setattr(ranker, "_time_settings", fake_time_settings)
+        timings = ranker.choose_threads(2, candidates=5, repeats=1)
+        assert next(attempts, None) is None  # all four attempts ran
+        assert timings[(1, 2)] == 0.012 and (torch.get_num_threads(), kernel_threads()) == (1, 2)
+        assert ranker.thread_choice["attempts"] == ranker.thread_choice["deciding_attempt"] == 4
+    finally:
+        set_kernel_threads(None)
+        torch.set_num_threads(before)
+
+
 def test_usable_cpus_honour_a_cgroup_cpu_limit(tmp_path: Path) -> None:
     """A pod's CPU limit caps the default threads; the affinity alone would show every core of the node."""
     from longrec.serving.service_support import usable_cpus

@@ -135,6 +135,16 @@ def serving_metrics() -> dict:
                 "The fused attention kernel's threads (DIN, LMN, IMN; longrec.kernels.din_attention).",
                 multiprocess_mode="max",
             ),
+            "thread_choice_attempts": Gauge(
+                "longrec_ranker_thread_choice_attempts",
+                "Measurements the start-up thread choice took (more than 1: other processes were busy).",
+                multiprocess_mode="max",
+            ),
+            "thread_choice_other_cpus": Gauge(
+                "longrec_ranker_thread_choice_other_cpus",
+                "CPUs other processes kept busy during the measurement that chose the threads.",
+                multiprocess_mode="max",
+            ),
             "gc_pause": Histogram(
                 "longrec_gc_pause_seconds",
                 "One pass of Python's garbage collector in the ranker process (it stops every thread"
@@ -174,6 +184,9 @@ def set_ranker_threads(ranker, config: ServingConfig, with_metrics: bool = True)
     if with_metrics:
         serving_metrics()["threads"].set(threads)
         serving_metrics()["attention_threads"].set(kernel_threads())
+        if ranker.thread_choice is not None:
+            serving_metrics()["thread_choice_attempts"].set(ranker.thread_choice["attempts"])
+            serving_metrics()["thread_choice_other_cpus"].set(ranker.thread_choice["other_cpus"])
     return threads
 
 
