@@ -5,12 +5,17 @@ ops each layer's [C·L, H] activations go to memory and back (32 MB per layer at
 two GEMMs plus the Dice activations run at memory speed. ``din_attention_cpu.cpp`` carries one tile of
 (candidate, 64 positions) through every layer in buffers that stay in cache (see its header).
 
-It is a serving path, opt-in per model (``ActivationUnit.fused_cpu_scoring``, which the ranker sets):
+IMN's multi-way attention has the same shape (a first layer that is one matrix per candidate on the
+history, sigmoid, H → 1): ``unit_scores`` runs it through the kernel's second entry point, which takes
+those matrices (``MultiWayAttention.shared_history_weights``).
+
+It is a serving path, opt-in per model (``ActivationUnit.fused_cpu_scoring`` and
+``MultiWayAttention.fused_cpu_scoring``, which the ranker sets):
 float32, eval mode, no autograd. Built on first use by g++ with ``-march=native`` and loaded by ctypes
 (about a second, cached per CPU type); where it cannot be built, the torch path serves. Registered as
-the custom op ``longrec::din_attention_scores`` so ``torch.compile`` keeps it as one opaque call.
-``tests/test_din_attention_kernel.py`` checks it against the torch path; ``benchmarks/din_attention_cpu.py``
-times both.
+the custom ops ``longrec::din_attention_scores`` and ``longrec::attention_unit_scores`` so
+``torch.compile`` keeps each as one opaque call. ``tests/test_din_attention_kernel.py`` checks both against
+the torch path; ``benchmarks/din_attention_cpu.py`` and ``benchmarks/imn_attention_cpu.py`` time them.
 """
 
 from __future__ import annotations
