@@ -271,9 +271,9 @@ class Ranker:
 
         Work that holds a core through the whole measurement would still decide it: it makes a second
         thread look worthless. At start-up there is such work (torch.compile's worker processes still
-        starting, shard services loading): of four rankers served on 2 cores on 2026-12-03, two chose
+        starting, shard services loading). Of four rankers served on 2 cores on 2026-12-03, two chose
         (1, 1) or (2, 2) and served slower than those that chose (1, 2)
-        (benchmarks/results/serving_kernel_transposed_ab). So the
+        (benchmarks/results/serving_kernel_transposed_ab), for a reason not recorded then. So the
         machine's other CPU use is read from /proc/stat around each measurement; one where other processes
         used more than ``QUIET_OTHER_CPUS`` is repeated after a pause, up to ``THREAD_CHOICE_ATTEMPTS``
         times, and the quietest attempt decides. Returns its {(torch threads, kernel threads): seconds}."""
