@@ -351,3 +351,24 @@ def test_golden_value_one_item_history() -> None:
         model.head.output.bias.fill_(-1.0)
     batch = padding_helpers.one_item_history_batch()
     assert model(batch).item() == pytest.approx(1.6106807009, abs=1e-6)
+
+
+@pytest.mark.parametrize("overrides", ABLATIONS)
+@pytest.mark.parametrize("fused", [False, True])
+@torch.no_grad()
+def test_serving_split_equals_forward_for_every_switch(overrides: dict, fused: bool) -> None:
+    """Serving's split (one user's history read against C candidates, ``read_shared_history``), on the
+    torch path and through the fused CPU kernel, gives ``forward``'s logits for every ablation switch."""
+    model = make_imn(**overrides).eval()
+    if fused:
+        assert model.attention.enable_fused_cpu_scoring()
+    user = {key: value[:1] for key, value in tiny_batch(1, seed=4).items()}
+    candidates = torch.tensor([3, 7, 11, 19, 40])
+    count = len(candidates)
+    rows = {key: value.expand(count, *value.shape[1:]) for key, value in user.items()}
+    rows["target_item"] = candidates
+    rows["target_genre"] = candidates % SPEC.n_genres
+    expected = model(rows)
+    candidate_batch = {key: rows[key] for key in ("target_item", *SIDE_FEATURES)}
+    got = model.score_candidates(model.encode_user(user), candidate_batch)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
