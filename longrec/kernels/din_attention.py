@@ -117,30 +117,25 @@ def _load() -> Any | None:
             return None
         try:
             library = ctypes.CDLL(str(_build()))
+            pointer, integer = ctypes.c_void_p, ctypes.c_int64
+            # weights_t, biases, act_params, widths, n_layers, activation, w_out, b_out (_layer_arguments)
+            layers = [pointer] * 4 + [integer, integer, pointer, ctypes.c_float]
             library.din_attention_scores.restype = None
-            library.din_attention_scores.argtypes = [ctypes.c_void_p] * 9 + [
-                ctypes.c_int64,  # n_layers
-                ctypes.c_int64,  # activation
-                ctypes.c_void_p,  # w_out
-                ctypes.c_float,  # b_out
-                ctypes.c_int64,  # L
-                ctypes.c_int64,  # d
-                ctypes.c_int64,  # C
-                ctypes.c_void_p,  # per-candidate scratch
-                ctypes.c_void_p,  # scores
-                ctypes.c_int64,  # threads
+            library.din_attention_scores.argtypes = [
+                *[pointer] * 5,  # history, history_term, target, target_term, w_prod_t
+                *layers,
+                *[integer] * 3,  # L, d, C
+                pointer,  # per-candidate scratch
+                pointer,  # scores
+                integer,  # threads
             ]
             library.attention_unit_scores.restype = None
-            library.attention_unit_scores.argtypes = [ctypes.c_void_p] * 7 + [
-                ctypes.c_int64,  # n_layers
-                ctypes.c_int64,  # activation
-                ctypes.c_void_p,  # w_out
-                ctypes.c_float,  # b_out
-                ctypes.c_int64,  # L
-                ctypes.c_int64,  # d
-                ctypes.c_int64,  # C
-                ctypes.c_void_p,  # scores
-                ctypes.c_int64,  # threads
+            library.attention_unit_scores.argtypes = [
+                *[pointer] * 3,  # history, per_candidate, target_term
+                *layers,
+                *[integer] * 3,  # L, d, C
+                pointer,  # scores
+                integer,  # threads
             ]
             _state["library"] = library
         except Exception as error:  # no compiler, no writable cache: the torch path serves
@@ -197,18 +192,15 @@ def _scores_op(
     w_out: Tensor,
     b_out: Tensor,
 ) -> Tensor:
-    library = _load()
-    if library is None:
-        raise RuntimeError(f"the fused DIN attention kernel is unavailable: {_state.get('error')}")
+    library = _loaded_library()
     record_backend("din_attention", "cpu-fused")
     length, dim = history.shape
     count, first_width = target.shape[0], w_prod_t.shape[1]
-    n_layers = len(act_params)
-    widths = torch.tensor([first_width] + [w.shape[1] for w in weights_t], dtype=torch.int64)
+    widths, layers = _layer_arguments(first_width, weights_t, biases, act_params, activation, w_out, b_out)
     _check_inputs(
         history, history_term, target, target_term, w_prod_t, w_out, *weights_t, *biases, *act_params
     )
-    if length % ROWS or any(int(width) % LANES for width in widths):
+    if length % ROWS or any(int(width) % LANES for width in widths.tolist()):
         raise ValueError(f"history rows must be padded to a multiple of {ROWS}, widths to one of {LANES}")
 
     scores = history.new_empty((count, length))
@@ -219,14 +211,7 @@ def _scores_op(
         target.data_ptr(),
         target_term.data_ptr(),
         w_prod_t.data_ptr(),
-        _layer_pointers(weights_t, n_layers),
-        _layer_pointers(biases, n_layers),
-        (ctypes.c_void_p * n_layers)(*(t.data_ptr() for t in act_params)),
-        widths.data_ptr(),
-        n_layers,
-        activation,
-        w_out.data_ptr(),
-        float(b_out.item()),
+        *layers,
         length,
         dim,
         count,
@@ -254,9 +239,37 @@ def _(
     return history.new_empty((target.shape[0], history.shape[0]))
 
 
-def _layer_pointers(tensors: list[Tensor], n_layers: int):
-    """Layers 1.. of a unit as the kernel takes them: a pointer per layer, none for the first."""
-    return (ctypes.c_void_p * n_layers)(None, *(t.data_ptr() for t in tensors))
+def _loaded_library() -> Any:
+    library = _load()
+    if library is None:
+        raise RuntimeError(f"the fused attention kernel is unavailable: {_state.get('error')}")
+    return library
+
+
+def _layer_arguments(
+    first_width: int,
+    weights_t: list[Tensor],
+    biases: list[Tensor],
+    act_params: list[Tensor],
+    activation: int,
+    w_out: Tensor,
+    b_out: Tensor,
+) -> tuple[Tensor, tuple]:
+    """The unit's layers as both entry points take them, from weights_t to b_out, and the widths tensor
+    they point into (the caller keeps it alive through the call). Layer 0 has no weights or bias here."""
+    n_layers = len(act_params)
+    widths = torch.tensor([first_width] + [w.shape[1] for w in weights_t], dtype=torch.int64)
+    layers = (
+        (ctypes.c_void_p * n_layers)(None, *(t.data_ptr() for t in weights_t)),
+        (ctypes.c_void_p * n_layers)(None, *(t.data_ptr() for t in biases)),
+        (ctypes.c_void_p * n_layers)(*(t.data_ptr() for t in act_params)),
+        widths.data_ptr(),
+        n_layers,
+        activation,
+        w_out.data_ptr(),
+        float(b_out.item()),
+    )
+    return widths, layers
 
 
 def _check_inputs(*tensors: Tensor) -> None:
@@ -277,32 +290,22 @@ def _unit_scores_op(
     w_out: Tensor,
     b_out: Tensor,
 ) -> Tensor:
-    library = _load()
-    if library is None:
-        raise RuntimeError(f"the fused attention kernel is unavailable: {_state.get('error')}")
+    library = _loaded_library()
     record_backend("attention_unit", "cpu-fused")
     length, dim = history.shape
     count, first_width = target_term.shape
-    n_layers = len(act_params)
     if per_candidate.shape != (count, dim, first_width):
         raise ValueError(
             f"per_candidate must be [{count}, {dim}, {first_width}], got {list(per_candidate.shape)}"
         )
     _check_inputs(history, per_candidate, target_term, w_out, *weights_t, *biases, *act_params)
-    widths = torch.tensor([first_width] + [w.shape[1] for w in weights_t], dtype=torch.int64)
+    widths, layers = _layer_arguments(first_width, weights_t, biases, act_params, activation, w_out, b_out)
     scores = history.new_empty((count, length))
     library.attention_unit_scores(
         history.data_ptr(),
         per_candidate.data_ptr(),
         target_term.data_ptr(),
-        _layer_pointers(weights_t, n_layers),
-        _layer_pointers(biases, n_layers),
-        (ctypes.c_void_p * n_layers)(*(t.data_ptr() for t in act_params)),
-        widths.data_ptr(),
-        n_layers,
-        activation,
-        w_out.data_ptr(),
-        float(b_out.item()),
+        *layers,
         length,
         dim,
         count,

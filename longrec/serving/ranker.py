@@ -298,21 +298,22 @@ class Ranker:
             attempts.append((other, timings))
             if other < QUIET_OTHER_CPUS:
                 break
-        other, timings = min(attempts, key=lambda pair: pair[0])
+        deciding = min(range(len(attempts)), key=lambda index: attempts[index][0])
+        other, timings = attempts[deciding]
         best = min(timings, key=timings.get)
         self._set_threads(best)
         self.thread_choice = {
             "attempts": len(attempts),
-            "deciding_attempt": attempts.index((other, timings)) + 1,
+            "deciding_attempt": deciding + 1,
             "other_cpus": round(other, 3),
-            "ms": {f"{t},{k}": round(v * 1000, 2) for (t, k), v in timings.items()},
+            "ms": {setting: round(seconds * 1000, 2) for setting, seconds in timings.items()},
         }
         logger.info(
             "threads (torch, attention kernel): %s (synthetic request ms by setting: %s; attempt %d of %d, "
             "other processes using %.2f CPUs)",
             best,
-            {k: round(v * 1000, 2) for k, v in timings.items()},
-            attempts.index((other, timings)) + 1,
+            self.thread_choice["ms"],
+            deciding + 1,
             len(attempts),
             other,
         )
