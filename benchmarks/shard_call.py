@@ -12,10 +12,16 @@ shard's share of a request at L=50 (1,200 slots) and at L=1000 (8,800 slots), 10
 `--twins` picks other comparisons, both async: `access-log` (BentoML's access log off on one twin) and
 `raw-route` (a raw-bytes Starlette route mounted on one twin, called through the dependency's aiohttp
 session, against the API). Neither was kept for the shards; the figures say why (README, Serving latency).
+`raw-thread` times both twins from a worker thread, as the ranker's memory reads call: the raw route the
+shards now serve (`longrec.serving.shard_transport`), over `RawShardClient`'s blocking keep-alive
+connection, against the API through the dependency's async client handed to the server's loop (what the
+ranker did before 2026-12-03 17:00 UTC).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shard_call.py --json benchmarks/results/shard_call.json
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shard_call.py --twins raw-route --slots 1200 2000 4000 8800 \\
         --json benchmarks/results/shard_call_raw_route.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shard_call.py --twins raw-thread --slots 1200 2000 4000 8800 \\
+        --json benchmarks/results/shard_call_raw_thread.json
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 import httpx
 
 HEADER = """
-import statistics, time
+import asyncio, statistics, time
 import bentoml
 import numpy as np
 
@@ -108,6 +114,39 @@ async def call_first(front, ids):
 """),
 }
 
+# From a worker thread, as the ranker's memory reads call: a minimal raw-bytes ASGI route mounted on the
+# shard, called with a blocking keep-alive http.client connection over the dependency's own address (a
+# unix socket under `bentoml serve`), against the async API called through the dependency's async client
+# on the server's loop (asyncio.run_coroutine_threadsafe, what serving/service.py did before).
+TWINS["raw-thread"] = ("raw_thread", "api_via_loop", """
+import asyncio
+from longrec.serving.shard_transport import raw_gather_app, RawShardClient
+
+
+@bentoml.service(workers=1)
+@bentoml.asgi_app(raw_gather_app(lambda ids: TABLE[ids]), path="/raw")
+class First:
+    @bentoml.api
+    async def gather(self, slots: np.ndarray) -> np.ndarray:
+        return TABLE[np.asarray(slots, dtype=np.int64)]
+
+
+CLIENTS = {}
+
+
+def call_first(front, ids):
+    client = CLIENTS.get("first")
+    if client is None:
+        client = CLIENTS["first"] = RawShardClient(front.first.to_async.url, timeout_s=5.0)
+    return client.gather(ids)
+""")
+THREAD_SECOND = """
+
+def call_second(front, ids):
+    future = asyncio.run_coroutine_threadsafe(front.second.to_async.gather(slots=ids), front.loop)
+    return future.result(timeout=5.0)
+"""
+
 FRONT = """
 
 @bentoml.service(workers=1)
@@ -117,17 +156,36 @@ class Front:
 
     @bentoml.api
     async def bench(self, slots: int = 1200, calls: int = 100, rounds: int = 5) -> dict:
+        import inspect
+
+        import anyio.to_thread
+
         ids = np.random.default_rng(slots).integers(0, len(TABLE), slots)
         medians = {"first": [], "second": []}
+        self.loop = asyncio.get_running_loop()
+
+        def timed_in_thread(call):  # a sync call: the loop stays free, as the ranker's reads leave it
+            for _ in range(5):  # warm the connection
+                call(self, ids)
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                rows = call(self, ids)
+                times.append(time.perf_counter() - started)
+            return times, rows
+
         for _ in range(rounds):
             for name, call in (("first", call_first), ("second", call_second)):
-                for _ in range(5):  # warm the connection
-                    await call(self, ids)
-                times = []
-                for _ in range(calls):
-                    started = time.perf_counter()
-                    rows = await call(self, ids)
-                    times.append(time.perf_counter() - started)
+                if not inspect.iscoroutinefunction(call):
+                    times, rows = await anyio.to_thread.run_sync(timed_in_thread, call)
+                else:
+                    for _ in range(5):  # warm the connection
+                        await call(self, ids)
+                    times = []
+                    for _ in range(calls):
+                        started = time.perf_counter()
+                        rows = await call(self, ids)
+                        times.append(time.perf_counter() - started)
                 assert rows.shape == (slots, 32)
                 medians[name].append(statistics.median(times) * 1e3)
         return {name: statistics.median(values) for name, values in medians.items()}
@@ -153,17 +211,20 @@ def main() -> None:
         "or a raw-bytes route against the API",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--server-log", action="store_true", help="show the services' log")
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "BENTOML_DO_NOT_TRACK": "True"}
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
         first, second, twins = TWINS[args.twins]
-        Path(folder, "shard_twins.py").write_text(HEADER + twins + SECOND + FRONT)
+        second_twin = SECOND + THREAD_SECOND if args.twins == "raw-thread" else SECOND
+        Path(folder, "shard_twins.py").write_text(HEADER + twins + second_twin + FRONT)
         bentoml = Path(sys.executable).with_name("bentoml")
+        server_log = None if args.server_log else subprocess.DEVNULL  # --server-log: see its traceback
         server = subprocess.Popen(
             [str(bentoml), "serve", "shard_twins:Front", "--port", str(port), "--host", "127.0.0.1"],
-            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=folder, env=env, stdout=server_log, stderr=server_log,
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
@@ -184,6 +245,8 @@ def main() -> None:
                     json={"slots": slots, "calls": args.calls, "rounds": args.rounds},
                     timeout=600,
                 ).json()
+                if "first" not in answer:
+                    raise SystemExit(f"the bench call failed: {answer}")
                 rows.append({"slots": slots, f"{first}_ms": round(answer["first"], 3),
                              f"{second}_ms": round(answer["second"], 3),
                              f"{first}_over_{second}": round(answer["first"] / answer["second"], 2)})  # fmt: skip

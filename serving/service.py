@@ -2,7 +2,8 @@
 
 ``Ranker`` serves ``POST /rank``. For an LMN model it depends (``bentoml.depends``) on one ``MemoryShardN``
 service per shard model of the config, each holding one slot range of the value table and answering
-``gather``; the shards run, scale and restart as their own processes. Other models have no shards.
+``gather`` (the ranker calls its raw-bytes route, ``longrec.serving.shard_transport``); the shards run,
+scale and restart as their own processes. Other models have no shards.
 
 What is served comes from ``longrec_serving.json`` (bundled in a Bento by ``longrec.serving.package``) or
 the file named by $LONGREC_SERVING_CONFIG (``longrec serve`` writes one). Importing this module loads
@@ -11,12 +12,9 @@ nothing heavy: models, shards and the feature store load in each service's ``__i
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 from pathlib import Path
 
-import anyio.to_thread
 import bentoml
 import numpy as np
 
@@ -29,6 +27,7 @@ from longrec.serving.service_support import (
     set_ranker_threads,
     watch_gc_pauses,
 )
+from longrec.serving.shard_transport import RAW_MOUNT, RawShardClient, ShardUnavailable, raw_gather_app
 
 logger = logging.getLogger("longrec.serving")
 
@@ -48,8 +47,16 @@ def _not_ready(message: str):
 
 
 def memory_shard_service(index: int, tag: str, timeout_s: float):
-    """The service of memory shard ``index``: loads its value file (checked against the manifest)."""
+    """The service of memory shard ``index``: loads its value file (checked against the manifest) and
+    answers gathers at its raw-bytes route (the ranker's calls) and at the ``gather`` API."""
+    loaded: list = []  # the service instance, once constructed: the raw route's lookups go to it
 
+    def raw_lookup(slots: np.ndarray) -> np.ndarray:
+        if not loaded:
+            raise ShardUnavailable(f"memory shard {index} ({tag}) is still starting")
+        return loaded[0].lookup(slots)
+
+    @bentoml.asgi_app(raw_gather_app(raw_lookup), path=RAW_MOUNT)
     class MemoryShard:
         shard_model = bentoml.models.BentoModel(tag)
 
@@ -63,6 +70,7 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
             except Exception as error:  # a corrupted or missing file: not ready, and say which
                 self.error = f"memory shard {index} ({tag}) failed to load: {error}"
                 logger.error(self.error)
+            loaded[:] = [self]
 
         def __is_ready__(self) -> bool:
             if self.error:
@@ -70,16 +78,21 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
             return True
 
         def lookup(self, slots: np.ndarray) -> np.ndarray:
-            """Value rows [N, d_v] of global slot ids in this shard's range (the ranker's in-process path)."""
+            """Value rows [N, d_v] of global slot ids in this shard's range (in process, the ranker's path;
+            served, its raw route's)."""
             if self.error:
-                raise bentoml.exceptions.ServiceUnavailable(self.error)
+                raise ShardUnavailable(self.error)
             return self.values.gather(slots)
 
         @bentoml.api
         async def gather(self, slots: np.ndarray) -> np.ndarray:
-            """``lookup`` served. Async, so it runs on the server's loop: the lookup takes well under a
-            millisecond, less than the hand-off to a worker thread that a sync API pays on every call."""
-            return self.lookup(slots)
+            """``lookup`` as a BentoML API (pickle or JSON), for clients other than the ranker. Async, so
+            it runs on the server's loop: the lookup takes well under a millisecond, less than the
+            hand-off to a worker thread that a sync API pays on every call."""
+            try:
+                return self.lookup(slots)
+            except ShardUnavailable as error:
+                raise bentoml.exceptions.ServiceUnavailable(str(error)) from error
 
     MemoryShard.__name__ = MemoryShard.__qualname__ = f"MemoryShard{index}"
     # The ranker's client times out at this service's traffic timeout; its own deadline is shorter.
@@ -95,7 +108,6 @@ class Ranker:
         quiet_threads(CONFIG.torch_threads if CONFIG is not None else 1)
         self.error: str | None = None
         self.ranker = None
-        self.loop: asyncio.AbstractEventLoop | None = None  # the server's loop, once a request ran
         if CONFIG is None:
             self.error = "no model configured: set LONGREC_SERVING_CONFIG or serve with `longrec serve`"
             logger.error(self.error)
@@ -110,7 +122,7 @@ class Ranker:
                 CONFIG,
                 self.model_ref.path,
                 memory_dir=self.memory_index.path if n_shards else None,
-                shard_clients=[_gather_client(shard, self) for shard in shards],
+                shard_clients=[_gather_client(shard, CONFIG.shard_timeout_s) for shard in shards],
                 shard_dirs=[bentoml.models.get(tag).path for tag in CONFIG.shard_tags],
                 candidate_dir=self.candidate_ref.path if CONFIG.candidate_tag else None,
             )
@@ -121,14 +133,6 @@ class Ranker:
             logger.error(self.error)
         LOAD_ERROR["reason"] = self.error  # /rank answers 503 with it (BodyGuard)
         watch_gc_pauses()
-
-    @functools.cached_property
-    def dependencies_are_remote(self) -> bool:
-        """Served by `bentoml serve` (shards behind remote proxies), not instantiated in process."""
-        from _bentoml_impl.client import RemoteProxy
-
-        return any(isinstance(getattr(self, name), RemoteProxy) for name in type(self).__dict__
-                   if name.startswith("memory_shard_"))  # fmt: skip
 
     def __is_ready__(self) -> bool:
         if self.error:
@@ -144,11 +148,8 @@ class Ranker:
         if self.ranker is None:
             raise bentoml.exceptions.ServiceUnavailable(self.error or "not loaded")
         request = RankRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-        if self.dependencies_are_remote:
-            # LMN served: the memory blocks on shard calls that run on this loop, so score in a thread.
-            self.loop = asyncio.get_running_loop()
-            return await anyio.to_thread.run_sync(self._rank, request)
-        # One worker and one torch thread: scoring on the loop saves a thread hand-off per request.
+        # One worker: scoring on the loop saves a thread hand-off per request. LMN's shard calls do not
+        # need the loop (their own connections, from the memory's threads).
         return self._rank(request)
 
     def _rank(self, request: RankRequest) -> RankResponse:
@@ -178,9 +179,6 @@ class Ranker:
         if self.ranker is None:
             raise bentoml.exceptions.ServiceUnavailable(self.error or "not loaded")
         requests = [r if isinstance(r, RankRequest) else RankRequest.model_validate(r) for r in requests]
-        if self.dependencies_are_remote:  # LMN served: shard calls run on this loop, score in a thread
-            self.loop = asyncio.get_running_loop()
-            return await anyio.to_thread.run_sync(self._rank_many, requests)
         return self._rank_many(requests)
 
     def _rank_many(self, requests: list[RankRequest]) -> list[dict]:
@@ -199,22 +197,16 @@ class Ranker:
         return answers
 
 
-def _gather_client(shard, owner: Ranker):
-    """A callable slots -> rows over a shard dependency. Served, the dependency is a remote proxy whose
-    calls are coroutines of the server's event loop: the memory calls from its own threads, so the
-    coroutine is handed to that loop. In process, the dependency is the shard instance itself."""
+def _gather_client(shard, timeout_s: float):
+    """A callable slots -> rows over a shard dependency. Served, the dependency is a remote proxy: the
+    memory's threads call the shard's raw route at the proxy's address, each over its own keep-alive
+    connection (``RawShardClient``), which needs neither the server's loop nor a thread hand-off. In
+    process, the dependency is the shard instance itself."""
+    from _bentoml_impl.client import RemoteProxy
 
-    def gather(slots: np.ndarray) -> np.ndarray:
-        if owner.loop is None:  # in process (served, every request sets the loop before scoring)
-            return shard.lookup(slots)
-        future = asyncio.run_coroutine_threadsafe(shard.to_async.gather(slots=slots), owner.loop)
-        try:
-            return future.result(timeout=CONFIG.shard_timeout_s)
-        except BaseException:
-            future.cancel()
-            raise
-
-    return gather
+    if isinstance(shard, RemoteProxy):
+        return RawShardClient(shard.to_async.url, timeout_s=timeout_s).gather
+    return shard.lookup
 
 
 if CONFIG is not None:

@@ -30,6 +30,7 @@ from longrec.memory.sharded import (
     read_manifest,
     sha256_file,
 )
+from longrec.serving.shard_transport import ShardCallError
 
 __all__ = ["MemoryIndex", "RemoteShardedMemory", "ShardValues", "check_shard_files", "load_memory_index"]
 
@@ -153,7 +154,7 @@ class RemoteShardedMemory(ShardedMemory):
         try:
             try:
                 rows = self.clients[shard](slots)
-            except (TimeoutError, FutureTimeout):
+            except (TimeoutError, FutureTimeout, ShardCallError):  # late, or it answered: not again
                 raise
             except Exception as error:  # e.g. a keep-alive connection the server just closed: once more
                 logger.info("memory shard %d: %s; retrying once", shard, error)
@@ -185,7 +186,7 @@ class RemoteShardedMemory(ShardedMemory):
         for shard, (begin, end, future) in futures.items():
             left = max(deadline - time.monotonic(), 0.0)
             try:
-                rows[begin:end] = torch.from_numpy(future.result(timeout=left))
+                rows[begin:end].numpy()[...] = future.result(timeout=left)  # may be a read-only buffer
             except (FutureTimeout, Exception) as error:  # any failure of one shard degrades, never fails
                 self.degraded = True
                 self._down_until[shard] = time.monotonic() + self.retry_after_s
