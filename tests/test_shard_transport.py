@@ -34,7 +34,9 @@ class Served:
     def __init__(self, lookup, socket_path: Path | None = None, max_slots: int = 1 << 20) -> None:
         self.port = None if socket_path else free_port()
         where = {"uds": str(socket_path)} if socket_path else {"host": "127.0.0.1", "port": self.port}
-        config = uvicorn.Config(raw_gather_app(lookup, max_slots), lifespan="off", log_level="warning", **where)
+        config = uvicorn.Config(
+            raw_gather_app(lookup, max_slots), lifespan="off", log_level="warning", **where
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -101,7 +103,10 @@ def test_errors_answer_at_once_with_their_reason(tmp_path: Path, unix_shard) -> 
     def broken(slots):
         raise RuntimeError("disk on fire")
 
-    for lookup, expected in ((unavailable, "503: memory shard 1 .* checksum"), (broken, "500: RuntimeError: disk on fire")):
+    for lookup, expected in (
+        (unavailable, "503: memory shard 1 .* checksum"),
+        (broken, "500: RuntimeError: disk on fire"),
+    ):
         served = Served(lookup, tmp_path / f"{lookup.__name__}.sock")
         try:
             started = time.perf_counter()
@@ -190,7 +195,9 @@ def test_remote_sharded_memory_over_two_raw_shards_degrades_when_one_stops(tmp_p
     memory = ProductKeyMemory(config)
     local = ShardedMemory.from_memory(memory, 2)
     servers = [
-        Served(lambda slots, table=table, start=start: table.numpy()[slots - start], tmp_path / f"shard{i}.sock")
+        Served(
+            lambda slots, table=table, start=start: table.numpy()[slots - start], tmp_path / f"shard{i}.sock"
+        )
         for i, (table, (start, _)) in enumerate(zip(local.shards, local.ranges, strict=True))
     ]
     try:
