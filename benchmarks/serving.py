@@ -132,7 +132,9 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
         "rank": mean("longrec_rank_latency_seconds"),
         **{stage: mean("longrec_rank_stage_seconds", f'stage="{stage}"') for stage in STAGES},
         "shard_call": mean("longrec_memory_shard_latency_seconds"),
-        "inside_shard": mean("bentoml_service_request_duration_seconds", 'endpoint="/gather"'),
+        # One gather as a shard's server measures it: the raw route the ranker calls (the API before).
+        "inside_shard": mean("bentoml_service_request_duration_seconds", 'endpoint="/raw/gather"')
+        or mean("bentoml_service_request_duration_seconds", 'endpoint="/gather"'),
     }
 
     # The ranker's garbage-collector pauses: total ms per request, and how many passes took over 1 ms.
@@ -162,6 +164,7 @@ def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int)
     user_batch = trim_history_padding(user_batch)  # the split paths score what the service scores
     model = scorer.model
     times = {"forward": [], "split": [], "compiled_split": []}
+    cpu_times = []
     with torch.no_grad():
         for _ in range(3):
             (
@@ -175,12 +178,17 @@ def bare_timings(scorer, compiled, spec, user_id: int, repo: Path, repeats: int)
             t1 = time.perf_counter()
             scorer.score(user_batch, candidate_batch)
             t2 = time.perf_counter()
+            cpu = time.process_time()
             compiled.score(user_batch, candidate_batch)
             t3 = time.perf_counter()
+            cpu_times.append(time.process_time() - cpu)  # every thread of this process, shard reads too
             times["forward"].append(t1 - t0)
             times["split"].append(t2 - t1)
             times["compiled_split"].append(t3 - t2)
-    return {f"{k}_p50_ms": 1000 * statistics.median(v) for k, v in times.items()}
+    return {
+        **{f"{k}_p50_ms": 1000 * statistics.median(v) for k, v in times.items()},
+        "compiled_split_cpu_ms": 1000 * statistics.median(cpu_times),
+    }
 
 
 FLAGS = ("degraded_memory", "feature_fallback")
@@ -284,6 +292,25 @@ def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds:
     return tally.summary(time.perf_counter() - started)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process ``pid`` has used (Linux /proc); 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def service_cpu_seconds(server) -> dict[str, float]:
+    """CPU seconds used so far by each service's worker process (Ranker, MemoryShard0, ...)."""
+    totals: dict[str, float] = {}
+    for pid, command in server._children():
+        if "--service-name" in command:
+            service = command.split("--service-name", 1)[1].split()[0]
+            totals[service] = totals.get(service, 0.0) + process_cpu_seconds(pid)
+    return totals
+
+
 def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, lengths: dict[int, int]) -> dict:
     from longrec.kernels.din_attention import kernel_threads
     from longrec.models.registry import build_model
@@ -356,7 +383,16 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
             one_client = asyncio.run(load(server.url, bodies, 1, args.requests, args.seconds, batched))
             if not batched:  # where the one-client requests' time went, as the services measured it
                 parts = breakdown(totals, metric_totals(server.url))
+                cpu_before = service_cpu_seconds(server)
                 keepalive = keepalive_load(server.url, bodies, args.requests, args.seconds)
+                cpu_after = service_cpu_seconds(server)
+                # CPU each service process used per keep-alive request (ms; the ranker's includes torch's
+                # and the kernel's threads, a shard's its HTTP server and lookups).
+                cpu_ms = {
+                    service: round(1000 * (cpu_after[service] - cpu_before.get(service, 0.0))
+                                   / max(keepalive["requests"], 1), 2)
+                    for service in cpu_after
+                }  # fmt: skip
             phases[prefix] = (
                 one_client,
                 asyncio.run(load(server.url, bodies, args.concurrency, args.requests, args.seconds, batched)),
@@ -389,6 +425,8 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "flagged": 0,
         "breakdown_ms": parts,  # /rank at one client: mean ms per request of each measured part
     }
+    if "served_" in phases:
+        row["cpu_ms_per_request"] = cpu_ms
     bare_served = row["compiled_split_p50_ms"] if config.compile else row["split_p50_ms"]
     if "served_" in phases:  # /rank, one kept-alive http.client connection (after the httpx phases)
         for key in ("p50_ms", "p99_ms", "mean_ms", "requests", "errors", "flagged"):
