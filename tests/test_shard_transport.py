@@ -176,8 +176,15 @@ def test_a_restarted_server_is_reached_again(tmp_path: Path) -> None:
         served.stop()
 
 
+def test_urls_name_the_route_with_any_path_prefix() -> None:
+    assert RawShardClient("file:///tmp/x/1.sock", timeout_s=1.0).path == "/raw/gather"
+    assert RawShardClient("tcp://127.0.0.1:3001", timeout_s=1.0).path == "/raw/gather"
+    assert RawShardClient("http://longrec-memory-shard-0:3000", timeout_s=1.0).path == "/raw/gather"
+    assert RawShardClient("https://gateway.example/shard-0/", timeout_s=1.0).path == "/shard-0/raw/gather"
+
+
 def test_bad_urls_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="expected file://, tcp:// or http://"):
+    with pytest.raises(ValueError, match="expected file://, tcp://, http:// or https://"):
         RawShardClient("grpc://shard:3000", timeout_s=1.0)
     with pytest.raises(ValueError, match="names no host"):
         RawShardClient("http://", timeout_s=1.0)

@@ -139,22 +139,27 @@ class RawShardClient:
     """Blocking gathers from one shard's raw route, one keep-alive connection per calling thread.
 
     ``url`` is the dependency's address as BentoML resolves it: ``file:///path.sock`` (a unix socket),
-    ``tcp://host:port`` or ``http://host:port``. Every socket operation times out after ``timeout_s``
+    ``tcp://host:port``, or ``http(s)://host:port[/prefix]``. Every socket operation times out after ``timeout_s``
     (``TimeoutError``); a failed call drops its connection, so the next call connects afresh.
     """
 
     def __init__(self, url: str, timeout_s: float) -> None:
         parsed = urlparse(url)
+        self.path = RAW_GATHER_PATH
         if parsed.scheme == "file":
-            path = unquote(parsed.path)
-            self._connect = lambda: _UnixConnection(path, timeout=timeout_s)
-        elif parsed.scheme in ("tcp", "http"):
+            socket_path = unquote(parsed.path)
+            self._connect = lambda: _UnixConnection(socket_path, timeout=timeout_s)
+        elif parsed.scheme in ("tcp", "http", "https"):
             if not parsed.hostname:
                 raise ValueError(f"shard url {url!r} names no host")
-            host, port = parsed.hostname, parsed.port or 80
-            self._connect = lambda: http.client.HTTPConnection(host, port, timeout=timeout_s)
+            secure = parsed.scheme == "https"
+            host, port = parsed.hostname, parsed.port or (443 if secure else 80)
+            kind = http.client.HTTPSConnection if secure else http.client.HTTPConnection
+            self._connect = lambda: kind(host, port, timeout=timeout_s)
+            if parsed.scheme != "tcp":  # a shard behind a path prefix (a gateway) keeps it
+                self.path = parsed.path.rstrip("/") + RAW_GATHER_PATH
         else:
-            raise ValueError(f"shard url {url!r}: expected file://, tcp:// or http://")
+            raise ValueError(f"shard url {url!r}: expected file://, tcp://, http:// or https://")
         self.url = url
         self.timeout_s = timeout_s
         self._local = threading.local()
@@ -168,7 +173,7 @@ class RawShardClient:
         try:
             connection.request(
                 "POST",
-                RAW_GATHER_PATH,
+                self.path,
                 body=ids.tobytes(),
                 headers={"Content-Type": "application/octet-stream"},
             )
