@@ -32,7 +32,9 @@ RAW_MOUNT = "/raw"
 RAW_GATHER_PATH = f"{RAW_MOUNT}/gather"
 SLOT_DTYPE = np.dtype("<i8")
 VALUE_DTYPE = np.dtype("<f4")
-MAX_SLOTS = 1 << 22  # 32 MiB of ids: far above a request's distinct slots (~2,000 per shard at L=1000)
+# A request's distinct slots per shard: ~2,000 at L=1000; at most (10,000 history events + 1,000
+# candidates) x heads x K, 352,000 at K=32. A body of more ids is refused before anything is allocated.
+MAX_SLOTS = 1 << 20
 
 
 class ShardCallError(RuntimeError):
