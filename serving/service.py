@@ -95,7 +95,8 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
                 raise bentoml.exceptions.ServiceUnavailable(str(error)) from error
 
     MemoryShard.__name__ = MemoryShard.__qualname__ = f"MemoryShard{index}"
-    # The ranker's client times out at this service's traffic timeout; its own deadline is shorter.
+    # The ranker's calls time out at its own shard deadline (timeout_s); BentoML's traffic timeout, for
+    # the gather API's callers, is looser.
     return bentoml.service(
         name=f"MemoryShard{index}", workers=1, envs=ENVS, traffic={"timeout": max(1.0, 4 * timeout_s)}
     )(MemoryShard)
