@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from din_attention_cpu import write_results
+
+from longrec.serving.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_ROWS = 524_288  # one shard of LMN's 1,048,576 slots, d_v = 32
@@ -57,14 +58,6 @@ BENTOML_VARIANTS = {
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(variant: str, folder: Path, port: int) -> tuple[subprocess.Popen, int]:
@@ -171,16 +164,8 @@ def main() -> None:
             f"| {row['server']} | {row['server_cpu_ms_per_call']:.2f} ms | {row['wall_ms_per_call']:.2f} ms | {rounds} |"
         )
     if args.json:
-        result = {
-            "command": " ".join(["benchmarks/shard_server_cpu.py", *sys.argv[1:]]),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "slots": args.slots,
-            "calls": args.calls,
-            "rounds": args.rounds,
-            "rows": rows,
-        }
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(args.json, "shard_server_cpu.py", None, rows, slots=args.slots, calls=args.calls,
+                      rounds=args.rounds)  # fmt: skip
 
 
 if __name__ == "__main__":

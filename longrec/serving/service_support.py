@@ -23,6 +23,7 @@ __all__ = [
     "flush_gc_pauses",
     "one_error_object",
     "quiet_threads",
+    "send_json_error",
     "serving_metrics",
     "set_ranker_threads",
     "usable_cpus",
@@ -378,18 +379,23 @@ class BodyGuard:
 
     @staticmethod
     async def _reject(send, status: int, message: str) -> None:
-        import json
-
-        payload = json.dumps({"error": message}).encode()
         serving_metrics()["errors"].labels(kind=str(status)).inc()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_json_error(send, status, message)
+
+
+async def send_json_error(send, status: int, message: str) -> None:
+    """Answer an ASGI request with ``status`` and the JSON body ``{"error": message}``."""
+    import json
+
+    payload = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from longrec.serving.service_support import send_json_error
+
 __all__ = [
     "RAW_GATHER_PATH",
     "RAW_MOUNT",
@@ -57,10 +59,10 @@ def raw_gather_app(lookup: Callable[[np.ndarray], np.ndarray], max_slots: int = 
         if scope["type"] != "http":
             return
         if not scope["path"].endswith("/gather"):
-            await _answer_error(send, 404, f"no route {scope['path']}: POST {RAW_GATHER_PATH}")
+            await send_json_error(send, 404, f"no route {scope['path']}: POST {RAW_GATHER_PATH}")
             return
         if scope["method"] != "POST":
-            await _answer_error(send, 405, f"{RAW_GATHER_PATH} takes POST, not {scope['method']}")
+            await send_json_error(send, 405, f"{RAW_GATHER_PATH} takes POST, not {scope['method']}")
             return
         chunks, size, more = [], 0, True
         while more:
@@ -70,23 +72,23 @@ def raw_gather_app(lookup: Callable[[np.ndarray], np.ndarray], max_slots: int = 
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > max_bytes:
-                await _answer_error(send, 413, f"body larger than {max_slots} slot ids")
+                await send_json_error(send, 413, f"body larger than {max_slots} slot ids")
                 return
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if len(body) % SLOT_DTYPE.itemsize:
-            await _answer_error(send, 400, f"body of {len(body)} bytes is not little-endian int64 slot ids")
+            await send_json_error(send, 400, f"body of {len(body)} bytes is not little-endian int64 slot ids")
             return
         try:
             rows = lookup(np.frombuffer(body, dtype=SLOT_DTYPE))
         except ShardUnavailable as error:
-            await _answer_error(send, 503, str(error))
+            await send_json_error(send, 503, str(error))
             return
         except ValueError as error:
-            await _answer_error(send, 400, str(error))
+            await send_json_error(send, 400, str(error))
             return
         except Exception as error:  # answer it: an ASGI app that raises leaves the caller to its timeout
-            await _answer_error(send, 500, f"{type(error).__name__}: {error}")
+            await send_json_error(send, 500, f"{type(error).__name__}: {error}")
             return
         rows = np.ascontiguousarray(rows, dtype=VALUE_DTYPE)
         payload = rows.tobytes()
@@ -104,21 +106,6 @@ def raw_gather_app(lookup: Callable[[np.ndarray], np.ndarray], max_slots: int = 
         await send({"type": "http.response.body", "body": payload})
 
     return app
-
-
-async def _answer_error(send, status: int, message: str) -> None:
-    payload = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class _UnixConnection(http.client.HTTPConnection):
