@@ -292,17 +292,10 @@ def keepalive_load(url: str, bodies: list[dict], max_requests: int, max_seconds:
     return tally.summary(time.perf_counter() - started)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process ``pid`` has used (Linux /proc); 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
 def service_cpu_seconds(server) -> dict[str, float]:
     """CPU seconds used so far by each service's worker process (Ranker, MemoryShard0, ...)."""
+    from longrec.serving.process import process_cpu_seconds
+
     totals: dict[str, float] = {}
     for pid, command in server._children():
         if "--service-name" in command:

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from din_attention_cpu import write_results
 
-from longrec.serving.process import free_port
+from longrec.serving.process import free_port, process_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_ROWS = 524_288  # one shard of LMN's 1,048,576 slots, d_v = 32
@@ -53,11 +53,6 @@ BENTOML_VARIANTS = {
     "bentoml serve, no metrics": "api_server.metrics.enabled=false",
     "bentoml serve, route not traced": "tracing.excluded_urls=raw/gather",
 }
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def serve(variant: str, folder: Path, port: int) -> tuple[subprocess.Popen, int]:
@@ -114,13 +109,16 @@ def measure(variant: str, folder: Path, slots: int, calls: int) -> dict:
         for _ in range(200):  # warm
             connection.request("POST", "/raw/gather", body=body)
             connection.getresponse().read()
-        cpu, started = cpu_seconds(pid), time.perf_counter()
+        cpu, started = process_cpu_seconds(pid), time.perf_counter()
         for _ in range(calls):
             connection.request("POST", "/raw/gather", body=body)
             answer = connection.getresponse()
             assert answer.status == 200 and len(answer.read()) == slots * 32 * 4
         wall = time.perf_counter() - started
-        return {"server_cpu_ms": 1000 * (cpu_seconds(pid) - cpu) / calls, "wall_ms": 1000 * wall / calls}
+        return {
+            "server_cpu_ms": 1000 * (process_cpu_seconds(pid) - cpu) / calls,
+            "wall_ms": 1000 * wall / calls,
+        }
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -18,7 +18,7 @@ import httpx
 from longrec.serving.config import CONFIG_ENV, ServingConfig
 from longrec.serving.package import REPO_ROOT, bento_environment
 
-__all__ = ["READY_TIMEOUT_S", "ServeProcess", "ServeError"]
+__all__ = ["READY_TIMEOUT_S", "ServeProcess", "ServeError", "free_port", "process_cpu_seconds"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,16 @@ logger = logging.getLogger(__name__)
 # IMN took 49.6 s on a 2-core machine, and with make test's second worker beside it a 90 s wait ran out.
 # A process that dies is reported at once, so a long wait costs nothing when start-up fails.
 READY_TIMEOUT_S = 300.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process ``pid`` has used (Linux /proc); 0 if it is gone. The
+    serving benchmarks read a service worker's CPU per request from it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def free_port(host: str = "127.0.0.1") -> int:
