@@ -296,12 +296,9 @@ def service_cpu_seconds(server) -> dict[str, float]:
     """CPU seconds used so far by each service's worker process (Ranker, MemoryShard0, ...)."""
     from longrec.serving.process import process_cpu_seconds
 
-    totals: dict[str, float] = {}
-    for pid, command in server._children():
-        if "--service-name" in command:
-            service = command.split("--service-name", 1)[1].split()[0]
-            totals[service] = totals.get(service, 0.0) + process_cpu_seconds(pid)
-    return totals
+    return {
+        service: sum(map(process_cpu_seconds, pids)) for service, pids in server.service_workers().items()
+    }
 
 
 def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, lengths: dict[int, int]) -> dict:
@@ -418,10 +415,9 @@ def run_one(name: str, length: int, spec, repo: Path, registry: Path, args, leng
         "flagged": 0,
         "breakdown_ms": parts,  # /rank at one client: mean ms per request of each measured part
     }
-    if "served_" in phases:
-        row["cpu_ms_per_request"] = cpu_ms
     bare_served = row["compiled_split_p50_ms"] if config.compile else row["split_p50_ms"]
     if "served_" in phases:  # /rank, one kept-alive http.client connection (after the httpx phases)
+        row["cpu_ms_per_request"] = cpu_ms
         for key in ("p50_ms", "p99_ms", "mean_ms", "requests", "errors", "flagged"):
             row[f"keepalive_{key}"] = (
                 round(keepalive[key], 2) if isinstance(keepalive[key], float) else keepalive[key]

@@ -140,13 +140,17 @@ class ServeProcess:
                 children.append((int(pid), args))
         return children
 
+    def service_workers(self) -> dict[str, list[int]]:
+        """{service name (e.g. "MemoryShard0"): PIDs of this server's worker processes of it}."""
+        workers: dict[str, list[int]] = {}
+        for pid, args in self._children():
+            if "--service-name" in args:
+                workers.setdefault(args.split("--service-name", 1)[1].split()[0], []).append(pid)
+        return workers
+
     def worker_pids(self, service_name: str) -> list[int]:
         """PIDs of this server's worker processes of ``service_name`` (e.g. "MemoryShard0")."""
-        return [
-            pid
-            for pid, args in self._children()
-            if "--service-name" in args and args.split("--service-name", 1)[1].split()[0] == service_name
-        ]
+        return self.service_workers().get(service_name, [])
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the serve process (it stops its workers); SIGKILL to it and to any worker it left."""
