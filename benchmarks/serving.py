@@ -132,8 +132,11 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
         "rank": mean("longrec_rank_latency_seconds"),
         **{stage: mean("longrec_rank_stage_seconds", f'stage="{stage}"') for stage in STAGES},
         "shard_call": mean("longrec_memory_shard_latency_seconds"),
-        # One gather as a shard's server measures it: the raw route the ranker calls (the API before).
-        "inside_shard": mean("bentoml_service_request_duration_seconds", 'endpoint="/raw/gather"')
+        # One gather as a shard measures it: since RawRouteFirst, the raw route's own metric (its app's
+        # time, BentoML's middleware no longer runs for it); before, BentoML's duration of the raw route,
+        # and before that of the gather API.
+        "inside_shard": mean("longrec_memory_shard_gather_seconds")
+        or mean("bentoml_service_request_duration_seconds", 'endpoint="/raw/gather"')
         or mean("bentoml_service_request_duration_seconds", 'endpoint="/gather"'),
     }
 

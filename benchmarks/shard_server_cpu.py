@@ -1,10 +1,11 @@
 """Server CPU per memory-shard gather: the raw route (``longrec.serving.shard_transport.raw_gather_app``)
-served by `bentoml serve` (as each MemoryShard service serves it; by default, and with BentoML's access
-log, metrics or tracing turned off through ``BENTOML_CONFIG_OPTIONS``) and the same ASGI app served alone
-by uvicorn. One client sends ``--calls`` gathers of ``--slots`` slot ids over one kept-alive
-``http.client`` connection; the server process's CPU (user + system, /proc) and the wall time per call
-are reported. Every variant runs once per round, in order, for ``--rounds`` rounds; each keeps its
-median over rounds.
+served by `bentoml serve` as a mounted app (by default, and with BentoML's access log, metrics or tracing
+turned off through ``BENTOML_CONFIG_OPTIONS``), by `bentoml serve` with the service class the MemoryShard
+services use since 2026-12-03 19:30 UTC (``RawRouteFirst``: the route answered ahead of BentoML's
+middleware), and the same ASGI app served alone by uvicorn. One client sends ``--calls`` gathers of
+``--slots`` slot ids over one kept-alive ``http.client`` connection; the server process's CPU (user +
+system, /proc) and the wall time per call are reported. Every variant runs once per round, in order, for
+``--rounds`` rounds; each keeps its median over rounds.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shard_server_cpu.py --json benchmarks/results/shard_server_cpu.json
 """
@@ -40,18 +41,27 @@ app = raw_gather_app(lambda ids: TABLE[ids])
 SERVICE = """
 import bentoml
 from raw_app import app
+from longrec.serving.raw_route_service import RawRouteFirst
 
 
 @bentoml.service(workers=1)
 @bentoml.asgi_app(app, path="/raw")
 class Shard:
     pass
+
+
+@bentoml.service(workers=1, service_class=RawRouteFirst)
+@bentoml.asgi_app(app, path="/raw")
+class ShardRawFirst:
+    pass
 """
+# variant: (service, BENTOML_CONFIG_OPTIONS)
 BENTOML_VARIANTS = {
-    "bentoml serve": "",
-    "bentoml serve, no access log": "api_server.logging.access.enabled=false",
-    "bentoml serve, no metrics": "api_server.metrics.enabled=false",
-    "bentoml serve, route not traced": "tracing.excluded_urls=raw/gather",
+    "bentoml serve": ("Shard", ""),
+    "bentoml serve, no access log": ("Shard", "api_server.logging.access.enabled=false"),
+    "bentoml serve, no metrics": ("Shard", "api_server.metrics.enabled=false"),
+    "bentoml serve, route not traced": ("Shard", "tracing.excluded_urls=raw/gather"),
+    "bentoml serve, RawRouteFirst (the shards' service class)": ("ShardRawFirst", ""),
 }
 
 
@@ -67,15 +77,16 @@ def serve(variant: str, folder: Path, port: int) -> tuple[subprocess.Popen, int]
         command = [sys.executable, "-m", "uvicorn", "raw_app:app", "--port", str(port), "--lifespan", "off"]
         command += ["--log-level", "warning"]
     else:
+        service, options = BENTOML_VARIANTS[variant]
         command = [
             str(Path(sys.executable).with_name("bentoml")),
             "serve",
-            "shard:Shard",
+            f"shard:{service}",
             "--port",
             str(port),
         ]
-        if BENTOML_VARIANTS[variant]:
-            env["BENTOML_CONFIG_OPTIONS"] = BENTOML_VARIANTS[variant]
+        if options:
+            env["BENTOML_CONFIG_OPTIONS"] = options
     process = subprocess.Popen(
         command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -19,12 +19,14 @@ import bentoml
 import numpy as np
 
 from longrec.serving.config import DEFAULT_SHARDS, ServingConfig, load_serving_config
+from longrec.serving.raw_route_service import RawRouteFirst
 from longrec.serving.schemas import RankRequest, RankResponse
 from longrec.serving.service_support import (
     BodyGuard,
     quiet_threads,
     serving_metrics,
     set_ranker_threads,
+    shard_metrics,
     watch_gc_pauses,
 )
 from longrec.serving.shard_transport import RAW_MOUNT, RawShardClient, ShardUnavailable, raw_gather_app
@@ -48,7 +50,8 @@ def _not_ready(message: str):
 
 def memory_shard_service(index: int, tag: str, timeout_s: float):
     """The service of memory shard ``index``: loads its value file (checked against the manifest) and
-    answers gathers at its raw-bytes route (the ranker's calls) and at the ``gather`` API."""
+    answers gathers at its raw-bytes route (the ranker's calls, answered ahead of BentoML's middleware:
+    ``RawRouteFirst``) and at the ``gather`` API."""
     loaded: list = []  # the service instance, once constructed: the raw route's lookups go to it
 
     def raw_lookup(slots: np.ndarray) -> np.ndarray:
@@ -56,7 +59,10 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
             raise ShardUnavailable(f"memory shard {index} ({tag}) is still starting")
         return loaded[0].lookup(slots)
 
-    @bentoml.asgi_app(raw_gather_app(raw_lookup), path=RAW_MOUNT)
+    def observe(status: int, seconds: float) -> None:
+        shard_metrics()["gather"].labels(shard=str(index), status=str(status)).observe(seconds)
+
+    @bentoml.asgi_app(raw_gather_app(raw_lookup, observe=observe), path=RAW_MOUNT)
     class MemoryShard:
         shard_model = bentoml.models.BentoModel(tag)
 
@@ -71,6 +77,7 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
                 self.error = f"memory shard {index} ({tag}) failed to load: {error}"
                 logger.error(self.error)
             loaded[:] = [self]
+            shard_metrics()  # on /metrics before the first gather
 
         def __is_ready__(self) -> bool:
             if self.error:
@@ -98,7 +105,11 @@ def memory_shard_service(index: int, tag: str, timeout_s: float):
     # The ranker's calls time out at its own shard deadline (timeout_s); BentoML's traffic timeout, for
     # the gather API's callers, is looser.
     return bentoml.service(
-        name=f"MemoryShard{index}", workers=1, envs=ENVS, traffic={"timeout": max(1.0, 4 * timeout_s)}
+        name=f"MemoryShard{index}",
+        workers=1,
+        envs=ENVS,
+        traffic={"timeout": max(1.0, 4 * timeout_s)},
+        service_class=RawRouteFirst,
     )(MemoryShard)
 
 

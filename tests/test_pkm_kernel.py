@@ -15,6 +15,7 @@ from longrec.kernels.pkm import (
     pkm_read_triton,
     sorted_topk,
     two_axis_topk,
+    unique_ids,
 )
 
 try:
@@ -62,6 +63,30 @@ def test_sorted_topk_equals_torch_topk_in_values_indices_and_gradients(shape, k)
     (got_grad,) = torch.autograd.grad(top, x, grad)
     (expected_grad,) = torch.autograd.grad(expected_top, x, grad)
     torch.testing.assert_close(got_grad, expected_grad)
+
+
+@pytest.mark.parametrize(
+    ("ids", "why"),
+    [
+        (
+            torch.randint(0, 1 << 20, (17_600,), generator=torch.Generator().manual_seed(0)),
+            "a request's slots",
+        ),
+        (torch.randint(0, 50, (3_000,), generator=torch.Generator().manual_seed(1)), "many repeats"),
+        (torch.tensor([7]), "one id"),
+        (torch.tensor([5, 5, 5]), "one distinct id"),
+        (torch.zeros(0, dtype=torch.int64), "empty"),
+        (torch.tensor([0, 1 << 62, 3, 0]), "ids too wide for the keys: torch's path"),
+        (torch.tensor([-4, 2, -4]), "negative ids: torch's path"),
+        (torch.tensor([3, 1, 3], dtype=torch.int32), "int32: torch's path"),
+    ],
+)
+def test_unique_ids_equals_torch_unique(ids: torch.Tensor, why: str) -> None:
+    distinct, inverse = unique_ids(ids)
+    expected_distinct, expected_inverse = torch.unique(ids, return_inverse=True)
+    assert torch.equal(distinct, expected_distinct), why
+    assert torch.equal(inverse, expected_inverse), why
+    assert distinct.dtype == ids.dtype and inverse.dtype == torch.int64
 
 
 def test_reference_read_is_weighted_sum_of_selected_rows() -> None:

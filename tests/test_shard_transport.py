@@ -22,6 +22,7 @@ from longrec.serving.shard_transport import (
     RawShardClient,
     ShardCallError,
     ShardUnavailable,
+    dispatch_first,
     raw_gather_app,
 )
 
@@ -31,12 +32,13 @@ TABLE = np.arange(64 * 4, dtype=np.float32).reshape(64, 4) / 7
 class Served:
     """``raw_gather_app(lookup)`` served by uvicorn in a thread, on a unix socket or a TCP port."""
 
-    def __init__(self, lookup, socket_path: Path | None = None, max_slots: int = 1 << 20) -> None:
+    def __init__(
+        self, lookup, socket_path: Path | None = None, max_slots: int = 1 << 20, observe=None, app=None
+    ) -> None:
         self.port = None if socket_path else free_port()
         where = {"uds": str(socket_path)} if socket_path else {"host": "127.0.0.1", "port": self.port}
-        config = uvicorn.Config(
-            raw_gather_app(lookup, max_slots), lifespan="off", log_level="warning", **where
-        )
+        app = app or raw_gather_app(lookup, max_slots, observe=observe)
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", **where)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -137,6 +139,51 @@ def test_malformed_bodies_wrong_method_path_and_size_are_4xx(tmp_path: Path, uni
         assert status == 413 and b"larger than 4 slot ids" in body
     finally:
         small.stop()
+
+
+def test_every_answer_is_observed_with_its_status(tmp_path: Path) -> None:
+    seen: list[tuple[int, float]] = []
+    served = Served(table_lookup, tmp_path / "observed.sock", observe=lambda *each: seen.append(each))
+    try:
+        client = RawShardClient(served.url, timeout_s=2.0)
+        client.gather(np.array([1, 2]))
+        with pytest.raises(ShardCallError, match="400"):
+            client.gather(np.array([64]))  # outside the shard
+        assert [status for status, _ in seen] == [200, 400]
+        assert all(0 < seconds < 1 for _, seconds in seen)
+    finally:
+        served.stop()
+
+
+def test_dispatch_first_sends_the_raw_route_past_the_other_app(tmp_path: Path) -> None:
+    """What a memory shard's server runs: the raw route's requests reach its app directly; other paths
+    (and lifespan events) reach the app behind it, here one that answers 299 for anything."""
+    reached: list[str] = []
+
+    async def behind(scope, receive, send) -> None:
+        reached.append(scope["path"] if scope["type"] == "http" else scope["type"])
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 299, "headers": []})
+            await send({"type": "http.response.body", "body": b"behind"})
+
+    app = dispatch_first("/raw", raw_gather_app(table_lookup), behind)
+    served = Served(None, tmp_path / "dispatch.sock", app=app)
+    try:
+        np.testing.assert_array_equal(RawShardClient(served.url, 2.0).gather(np.array([5])), TABLE[[5]])
+
+        def status_of(path: str) -> int:
+            connection = http.client.HTTPConnection("localhost", timeout=5)
+            connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.sock.connect(str(tmp_path / "dispatch.sock"))
+            connection.request("GET", path)
+            return connection.getresponse().status
+
+        assert status_of("/raw/gather") == 405  # the raw app's own answer
+        assert status_of("/raw/other") == 404
+        assert status_of("/readyz") == 299 and status_of("/rawish") == 299 and status_of("/") == 299
+        assert reached == ["/readyz", "/rawish", "/"]
+    finally:
+        served.stop()
 
 
 def test_a_slow_shard_times_out_and_the_next_call_reconnects(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,6 +38,7 @@ __all__ = [
     "pkm_read_triton",
     "sorted_topk",
     "take",
+    "unique_ids",
     "two_axis_topk",
 ]
 
@@ -111,6 +113,31 @@ def take(tensor: Tensor, dim: int, index: Tensor) -> Tensor:
     if tensor.requires_grad and torch.is_grad_enabled():
         return tensor[(slice(None),) * (dim % tensor.dim()) + (index,)]
     return tensor.index_select(dim, index)
+
+
+def unique_ids(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` of a 1-D tensor of ids: (sorted distinct ids, each id's
+    index among them). For non-negative int64 ids on CPU, sorts with numpy instead: each id shifted left
+    with its position in the low bits, one vectorised sort of those keys, then a pass that numbers the
+    runs. numpy's sort is vectorised and torch's CPU sort is not: a served LMN request's reads at L=1000
+    (~17,600 slot ids to deduplicate) took 2.32 against 2.79 ms (``benchmarks/lmn_unique_ids.py``).
+    Exact: the same two tensors."""
+    n = ids.numel()
+    if ids.device.type != "cpu" or ids.dtype != torch.int64 or ids.dim() != 1 or n == 0:
+        return torch.unique(ids, return_inverse=True)
+    values = np.ascontiguousarray(ids.numpy())
+    bits = max((n - 1).bit_length(), 1)  # a position fits in the low ``bits`` bits
+    if int(values.min()) < 0 or int(values.max()) >= 1 << (63 - bits):
+        return torch.unique(ids, return_inverse=True)
+    keys = (values << bits) | np.arange(n, dtype=np.int64)
+    keys.sort()
+    ordered = keys >> bits
+    starts = np.empty(n, dtype=bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[keys & ((1 << bits) - 1)] = np.cumsum(starts) - 1
+    return torch.from_numpy(ordered[starts]), torch.from_numpy(inverse)
 
 
 def _grid_topk(row_top: Tensor, row_idx: Tensor, col_top: Tensor, col_idx: Tensor, n_rows: int):
@@ -189,7 +216,7 @@ class _WeightedBagSparseGrad(torch.autograd.Function):
             grad_weights = torch.bmm(F.embedding(slots, values), grad_out.unsqueeze(-1)).squeeze(-1)
         grad_values = None
         if ctx.needs_input_grad[0]:
-            distinct, inverse = torch.unique(slots.reshape(-1), return_inverse=True)
+            distinct, inverse = unique_ids(slots.reshape(-1))
             rows = (weights.unsqueeze(-1) * grad_out.unsqueeze(1)).reshape(-1, values.shape[1])
             summed = rows.new_zeros(len(distinct), values.shape[1]).index_add_(0, inverse, rows)
             grad_values = torch.sparse_coo_tensor(

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from longrec.kernels.pkm import combine_distinct_rows, select_slots
+from longrec.kernels.pkm import combine_distinct_rows, select_slots, unique_ids
 from longrec.memory.product_keys import MemoryConfig, ProductKeyMemory, axis_topk
 
 __all__ = [
@@ -97,7 +97,7 @@ class ShardedMemory:
     def gather_distinct(self, slots: Tensor) -> tuple[Tensor, Tensor]:
         """(rows [U, d_v] of the U distinct slot ids, in sorted id order; inverse, shaped like ``slots``:
         each slot's row in ``rows``). Each distinct slot is fetched once, from the shard holding it."""
-        distinct, inverse = torch.unique(slots.reshape(-1), return_inverse=True)
+        distinct, inverse = unique_ids(slots.reshape(-1))
         return self.fetch_distinct(distinct), inverse.view(slots.shape)
 
     def fetch_distinct(self, distinct: Tensor) -> Tensor:

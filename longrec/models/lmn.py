@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longrec.data.schema import LONG_LOG_KEY, FeatureSpec
-from longrec.kernels.pkm import take
+from longrec.kernels.pkm import take, unique_ids
 from longrec.memory import (
     QUERY_VARIANTS,
     MemoryConfig,
@@ -228,7 +228,7 @@ class LMN(UsesDINBackbone, CTRModel):
         if self.config.query_variant == "split":
             # The row half depends on the item alone and the column half on the user alone: take each
             # axis' top-K once per distinct item / per batch row, then index (B·n reads share them).
-            unique_items, inverse = torch.unique(items, return_inverse=True)
+            unique_items, inverse = unique_ids(items)
             if self._item_rows is not None and not self.training:  # serving: looked up, not computed
                 row_top, row_idx = (take(part, 0, unique_items) for part in self._item_rows)
             else:

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 candidates and a 10,000-event override fit in well under it
 
 _METRICS: dict | None = None
+_SHARD_METRICS: dict | None = None
 _GC_WATCHED = False
 _GC_PAUSES: deque[tuple[int, float]] = deque(maxlen=100_000)  # (generation, seconds), until flushed
 
@@ -161,6 +162,25 @@ def serving_metrics() -> dict:
             ),
         }
     return _METRICS
+
+
+def shard_metrics() -> dict:
+    """A memory shard's own Prometheus metrics (its raw route is served ahead of BentoML's request
+    metrics), created once per process, after BentoML set the multiprocess dir."""
+    global _SHARD_METRICS
+    if _SHARD_METRICS is None:
+        from prometheus_client import Histogram
+
+        _SHARD_METRICS = {
+            "gather": Histogram(
+                "longrec_memory_shard_gather_seconds",
+                "Time a memory shard took to answer one raw-route gather, inside the shard process, by"
+                " shard and HTTP status.",
+                ["shard", "status"],
+                buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            ),
+        }
+    return _SHARD_METRICS
 
 
 def set_ranker_threads(ranker, config: ServingConfig, with_metrics: bool = True) -> int:

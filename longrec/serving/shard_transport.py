@@ -5,7 +5,9 @@ API, and the ranker's memory reads call it with ``RawShardClient``: a blocking k
 connection per calling thread, to the address BentoML gave the dependency (a unix socket under
 ``bentoml serve``, ``http://host:port`` on a cluster). A call then costs two byte copies on each side,
 where the API pickles a numpy array into a pydantic model and validates it, and the calling thread sends
-it itself instead of handing a coroutine to the server's event loop and waiting for it.
+it itself instead of handing a coroutine to the server's event loop and waiting for it. The shard's
+server answers the route ahead of BentoML's middleware (``dispatch_first``, used by
+``longrec.serving.raw_route_service.RawRouteFirst``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import unquote, urlparse
 
@@ -27,6 +30,7 @@ __all__ = [
     "RawShardClient",
     "ShardCallError",
     "ShardUnavailable",
+    "dispatch_first",
     "raw_gather_app",
 ]
 
@@ -47,49 +51,53 @@ class ShardUnavailable(RuntimeError):
     """Raised by a shard's lookup while it cannot answer (its file failed to load): the route says 503."""
 
 
-def raw_gather_app(lookup: Callable[[np.ndarray], np.ndarray], max_slots: int = MAX_SLOTS):
+def raw_gather_app(
+    lookup: Callable[[np.ndarray], np.ndarray],
+    max_slots: int = MAX_SLOTS,
+    observe: Callable[[int, float], None] | None = None,
+):
     """An ASGI app answering ``POST .../gather``: the body is the slot ids (``SLOT_DTYPE``), the answer
     the rows ``lookup(ids)`` returns, as ``VALUE_DTYPE`` bytes, with their width in ``x-value-dim``.
     A malformed body or slots outside the shard (``ValueError`` from ``lookup``) answer 400,
-    ``ShardUnavailable`` 503, each with a JSON ``{"error": ...}`` naming the problem."""
+    ``ShardUnavailable`` 503, each with a JSON ``{"error": ...}`` naming the problem. ``observe(status,
+    seconds)``, if given, sees every answered request (the shard's own latency metric)."""
 
     max_bytes = max_slots * SLOT_DTYPE.itemsize
 
-    async def app(scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return
+    async def answer(scope, receive, send) -> int:
+        """Answer one request; its status, or 0 when the client went away first."""
         if not scope["path"].endswith("/gather"):
             await send_json_error(send, 404, f"no route {scope['path']}: POST {RAW_GATHER_PATH}")
-            return
+            return 404
         if scope["method"] != "POST":
             await send_json_error(send, 405, f"{RAW_GATHER_PATH} takes POST, not {scope['method']}")
-            return
+            return 405
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
-                return
+                return 0
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > max_bytes:
                 await send_json_error(send, 413, f"body larger than {max_slots} slot ids")
-                return
+                return 413
             more = message.get("more_body", False)
         body = b"".join(chunks)
         if len(body) % SLOT_DTYPE.itemsize:
             await send_json_error(send, 400, f"body of {len(body)} bytes is not little-endian int64 slot ids")
-            return
+            return 400
         try:
             rows = lookup(np.frombuffer(body, dtype=SLOT_DTYPE))
         except ShardUnavailable as error:
             await send_json_error(send, 503, str(error))
-            return
+            return 503
         except ValueError as error:
             await send_json_error(send, 400, str(error))
-            return
+            return 400
         except Exception as error:  # answer it: an ASGI app that raises leaves the caller to its timeout
             await send_json_error(send, 500, f"{type(error).__name__}: {error}")
-            return
+            return 500
         rows = np.ascontiguousarray(rows, dtype=VALUE_DTYPE)
         payload = rows.tobytes()
         await send(
@@ -104,8 +112,32 @@ def raw_gather_app(lookup: Callable[[np.ndarray], np.ndarray], max_slots: int = 
             }
         )
         await send({"type": "http.response.body", "body": payload})
+        return 200
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        status = await answer(scope, receive, send)
+        if observe is not None and status:
+            observe(status, time.perf_counter() - started)
 
     return app
+
+
+def dispatch_first(prefix: str, direct, app):
+    """An ASGI app that hands HTTP requests for ``prefix`` and the paths below it to ``direct`` and
+    everything else (other routes, lifespan events) to ``app``. A memory shard serves its raw route this
+    way, ahead of BentoML's middleware (see ``serving/service.py``)."""
+    below = prefix.rstrip("/") + "/"
+
+    async def dispatch(scope, receive, send) -> None:
+        if scope["type"] == "http" and (scope["path"] == prefix or scope["path"].startswith(below)):
+            await direct(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
 
 
 class _UnixConnection(http.client.HTTPConnection):
