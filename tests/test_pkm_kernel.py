@@ -152,3 +152,12 @@ def test_reference_sparse_gradient_is_summed_per_slot_and_equals_embedding_bag()
     )
     (expected * upstream).sum().backward()
     torch.testing.assert_close(table.grad.to_dense(), dense.grad)
+
+
+def test_unique_ids_in_a_compiled_graph_is_torch_unique() -> None:
+    """Under torch.compile it hands over to ``torch.unique`` (dynamo would trace the numpy path into torch
+    ops, one of which, a cumsum of bools, has no CPU kernel)."""
+    ids = torch.tensor([9, 2, 9, 4, 2, 2])
+    distinct, inverse = torch.compile(unique_ids, dynamic=True)(ids)
+    expected_distinct, expected_inverse = torch.unique(ids, return_inverse=True)
+    assert torch.equal(distinct, expected_distinct) and torch.equal(inverse, expected_inverse)

@@ -123,7 +123,9 @@ def unique_ids(ids: Tensor) -> tuple[Tensor, Tensor]:
     (~17,600 slot ids to deduplicate) took 2.32 against 2.79 ms (``benchmarks/lmn_unique_ids.py``).
     Exact: the same two tensors."""
     n = ids.numel()
-    if ids.device.type != "cpu" or ids.dtype != torch.int64 or ids.dim() != 1 or n == 0:
+    plain = ids.device.type == "cpu" and ids.dtype == torch.int64 and ids.dim() == 1 and n > 0
+    # A compiled graph keeps torch's op: dynamo would trace the numpy code into torch ops.
+    if not plain or torch.compiler.is_compiling():
         return torch.unique(ids, return_inverse=True)
     values = np.ascontiguousarray(ids.numpy())
     bits = max((n - 1).bit_length(), 1)  # a position fits in the low ``bits`` bits
@@ -136,7 +138,7 @@ def unique_ids(ids: Tensor) -> tuple[Tensor, Tensor]:
     starts[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
     inverse = np.empty(n, dtype=np.int64)
-    inverse[keys & ((1 << bits) - 1)] = np.cumsum(starts) - 1
+    inverse[keys & ((1 << bits) - 1)] = np.cumsum(starts, dtype=np.int64) - 1
     return torch.from_numpy(ordered[starts]), torch.from_numpy(inverse)
 
 
