@@ -1,7 +1,7 @@
 """Server CPU per memory-shard gather: the raw route (``longrec.serving.shard_transport.raw_gather_app``)
 served by `bentoml serve` as a mounted app (by default, and with BentoML's access log, metrics or tracing
 turned off through ``BENTOML_CONFIG_OPTIONS``), by `bentoml serve` with the service class the MemoryShard
-services use since 2026-12-03 19:30 UTC (``RawRouteFirst``: the route answered ahead of BentoML's
+services use since `5d87d3d` (``RawRouteFirst``: the route answered ahead of BentoML's
 middleware), and the same ASGI app served alone by uvicorn. One client sends ``--calls`` gathers of
 ``--slots`` slot ids over one kept-alive ``http.client`` connection; the server process's CPU (user +
 system, /proc) and the wall time per call are reported. Every variant runs once per round, in order, for

@@ -53,6 +53,16 @@ class Served:
         self.thread.join(timeout=10)
 
 
+def call(url: str, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+    """One request over a new connection to the server on unix socket ``url`` (file://...)."""
+    connection = http.client.HTTPConnection("localhost", timeout=5)
+    connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.sock.connect(url.removeprefix("file://"))
+    connection.request(method, path, body=body)
+    answer = connection.getresponse()
+    return answer.status, answer.read()
+
+
 def table_lookup(slots: np.ndarray) -> np.ndarray:
     if slots.size and (slots.min() < 0 or slots.max() >= len(TABLE)):
         raise ValueError(f"slots outside shard 0's range [0, {len(TABLE)})")
@@ -122,15 +132,6 @@ def test_errors_answer_at_once_with_their_reason(tmp_path: Path, unix_shard) -> 
 def test_malformed_bodies_wrong_method_path_and_size_are_4xx(tmp_path: Path, unix_shard) -> None:
     small = Served(table_lookup, tmp_path / "small.sock", max_slots=4)
     try:
-
-        def call(url: str, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-            connection = http.client.HTTPConnection("localhost", timeout=5)
-            connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connection.sock.connect(url.removeprefix("file://"))
-            connection.request(method, path, body=body)
-            answer = connection.getresponse()
-            return answer.status, answer.read()
-
         status, body = call(unix_shard.url, "POST", RAW_GATHER_PATH, b"\x01" * 7)
         assert status == 400 and b"7 bytes is not little-endian int64 slot ids" in body
         assert call(unix_shard.url, "GET", RAW_GATHER_PATH, None)[0] == 405
@@ -172,11 +173,7 @@ def test_dispatch_first_sends_the_raw_route_past_the_other_app(tmp_path: Path) -
         np.testing.assert_array_equal(RawShardClient(served.url, 2.0).gather(np.array([5])), TABLE[[5]])
 
         def status_of(path: str) -> int:
-            connection = http.client.HTTPConnection("localhost", timeout=5)
-            connection.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connection.sock.connect(str(tmp_path / "dispatch.sock"))
-            connection.request("GET", path)
-            return connection.getresponse().status
+            return call(served.url, "GET", path, None)[0]
 
         assert status_of("/raw/gather") == 405  # the raw app's own answer
         assert status_of("/raw/other") == 404
